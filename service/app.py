@@ -1,0 +1,199 @@
+"""The FastAPI application, built by a factory so tests and workers inject their own settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from service import __version__
+from service.devices import DeviceCatalog
+from service.features import gemm as gemm_features
+from service.registry import FeatureSpec, ModelRegistry
+from service.routers import gemm, health, models
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+FEATURES = {"gemm": FeatureSpec(gemm_features.FEATURE_VERSION, gemm_features.FEATURE_COLUMNS)}
+
+
+class Metrics:
+    """Prometheus metrics of one app (own registry, so several apps in one process do not collide)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "perfcost_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "perfcost_request_seconds",
+            "Request latency",
+            ["route", "method"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "perfcost_model_loaded", "Loaded model versions", ["model", "version"], registry=self.registry
+        )
+
+
+class LimitsAndMetrics:
+    """Pure ASGI middleware: rejects bodies over the limit (413) and records count and latency per route."""
+
+    def __init__(self, app: ASGIApp, max_body: int, metrics: Metrics) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_holder = {"status": 500}
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        too_big = {
+            "detail": [
+                {
+                    "field": "body",
+                    "reason": f"request body exceeds {self.max_body} bytes (PERFCOST_MAX_BODY_BYTES)",
+                }
+            ]
+        }
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await JSONResponse(too_big, status_code=413)(scope, receive, send)
+            self._record(scope, 413, started)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            await JSONResponse(too_big, status_code=413)(scope, receive, send)
+            status_holder["status"] = 413
+        self._record(scope, status_holder["status"], started)
+
+    def _record(self, scope: Scope, status: int, started: float) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", None) or "unmatched"
+        method = scope.get("method", "")
+        self.metrics.requests.labels(path, method, str(status)).inc()
+        self.metrics.latency.labels(path, method).observe(time.perf_counter() - started)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    registry = ModelRegistry(settings.model_dir, FEATURES)
+    catalog = DeviceCatalog.default(settings.device_dir)
+    metrics = Metrics()
+
+    def reload() -> None:
+        snapshot = registry.reload()
+        metrics.model_info.clear()
+        for name, model in snapshot.models.items():
+            metrics.model_info.labels(name, model.version).set(1)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reload()
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, reload)
+            hup = True
+        except (NotImplementedError, RuntimeError, ValueError):
+            hup = False  # not the main thread (e.g. a test client): reload via the admin endpoint only
+        yield
+        if hup:
+            loop.remove_signal_handler(signal.SIGHUP)
+
+    app = FastAPI(
+        title="perfcost",
+        version=__version__,
+        description="Predicts runtime, power, energy, utilization and cost of compute before it runs.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.catalog = catalog
+    app.state.reload = reload
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(gemm.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [
+            {"field": _field_path(tuple(e.get("loc", ()))), "reason": e.get("msg", "invalid")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = (
+            exc.detail if isinstance(exc.detail, list) else [{"field": "path", "reason": str(exc.detail)}]
+        )
+        return JSONResponse(
+            {"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    app.add_middleware(LimitsAndMetrics, max_body=settings.max_body_bytes, metrics=metrics)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory service.app:app_from_env`` (settings from PERFCOST_* variables)."""
+    return create_app(Settings())

@@ -1,0 +1,59 @@
+"""Request dependencies, as ``Annotated`` aliases the routers declare."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from service.devices import DeviceCatalog
+from service.model import TabularModel
+from service.registry import ModelRegistry, Snapshot
+from service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def get_snapshot(request: Request) -> Snapshot:
+    """One snapshot per request: a reload during the request cannot change the models it uses."""
+    return request.app.state.registry.snapshot  # type: ignore[no-any-return]
+
+
+def get_catalog(request: Request) -> DeviceCatalog:
+    return request.app.state.catalog  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+SnapshotDep = Annotated[Snapshot, Depends(get_snapshot)]
+CatalogDep = Annotated[DeviceCatalog, Depends(get_catalog)]
+
+
+def require_model(snapshot: Snapshot, name: str) -> TabularModel:
+    model = snapshot.get(name)
+    if model is None:
+        raise HTTPException(
+            status_code=503,
+            detail=[{"field": "model", "reason": f"no {name!r} model is loaded; see GET /readyz for why"}],
+        )
+    return model
+
+
+def check_batch(n: int, settings: Settings) -> None:
+    if n > settings.max_batch:
+        raise HTTPException(
+            status_code=413,
+            detail=[
+                {
+                    "field": "instances",
+                    "reason": f"{n} instances exceed the limit of {settings.max_batch} per request "
+                    "(PERFCOST_MAX_BATCH); split the batch",
+                }
+            ],
+        )

@@ -1,0 +1,1 @@
+"""Per-domain prediction: validated requests → features → model → response rows."""

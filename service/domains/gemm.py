@@ -1,0 +1,146 @@
+"""GEMM predictions: validated instances → features → model targets → response rows.
+
+Runtime is predicted for any device (flagged out-of-distribution when the device or the configuration
+lies outside the training data). Power and energy are predicted only on devices where they were
+measured; elsewhere they are null with the reason, never an invented number. Utilization, cost and CO2
+are derived from runtime and energy with their intervals carried through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from service.devices import DeviceCatalog, DeviceError, DeviceSpec
+from service.features import gemm as features
+from service.model import Prediction, TabularModel
+from service.schemas.gemm import GemmInstance
+
+MS_PER_HOUR = 3.6e6
+J_PER_KWH = 3.6e6
+CONFIG_FIELDS = features.CONFIG_COLUMNS
+
+
+class UnknownDeviceError(LookupError):
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+def model_devices(model: TabularModel) -> dict[str, DeviceSpec]:
+    """Specs of the devices a model was trained on, as recorded in its card."""
+    return {d["name"]: DeviceSpec.model_validate(d) for d in model.card.get("devices", [])}
+
+
+def resolve_devices(
+    instances: list[GemmInstance], catalog: DeviceCatalog, trained: dict[str, DeviceSpec]
+) -> tuple[list[str], dict[str, DeviceSpec]]:
+    names: list[str] = []
+    specs: dict[str, DeviceSpec] = {}
+    for i, inst in enumerate(instances):
+        if inst.device_spec is not None:
+            spec = inst.device_spec
+        else:
+            assert inst.device is not None
+            found = next((s for n, s in trained.items() if n.lower() == inst.device.lower()), None)
+            if found is None:
+                try:
+                    found = catalog.get(inst.device)
+                except DeviceError as exc:
+                    raise UnknownDeviceError(i, str(exc)) from exc
+            spec = found
+        names.append(spec.name)
+        specs[spec.name] = spec
+    return names, specs
+
+
+def _interval(pred: Prediction, i: int) -> dict[str, float] | None:
+    """One row's interval, or None when the value is not a finite number (reported as unavailable)."""
+    values = {"value": float(pred.value[i]), "low": float(pred.low[i]), "high": float(pred.high[i])}
+    return values if all(np.isfinite(v) for v in values.values()) else None
+
+
+def _ood_reasons(rows: pd.DataFrame, model: TabularModel, trained: dict[str, DeviceSpec]) -> list[list[str]]:
+    """Why each row lies outside the training data (empty list: inside). Vectorised per check."""
+    profile = model.card.get("profile", {})
+    ranges = profile.get("ranges", {})
+    categories = profile.get("categories", {})
+    reasons: list[list[str]] = [[] for _ in range(len(rows))]
+    devices = rows["device"].to_numpy(dtype=object)
+    for i in np.flatnonzero(~np.isin(devices, list(trained))):
+        reasons[i].append(f"device {devices[i]!r} is not among the {len(trained)} training devices")
+    numeric = {col: rows[col].to_numpy(dtype=float) for col in ("m", "n", "k", "batch")}
+    numeric["flops"] = features.flops(rows)
+    for col, values in numeric.items():
+        if col not in ranges:
+            continue
+        lo, hi = ranges[col]
+        for i in np.flatnonzero((values < lo) | (values > hi)):
+            reasons[i].append(f"{col}={values[i]:.6g} outside the training range [{lo:.6g}, {hi:.6g}]")
+    for col in ("op", "dtype", "layout", "kernel"):
+        if col not in categories:
+            continue
+        values = rows[col].to_numpy(dtype=object)
+        known = set(categories[col])
+        for j, value in enumerate(values):
+            if isinstance(value, str) and value not in known:
+                reasons[j].append(f"{col}={value!r} never seen in training")
+    return reasons
+
+
+def predict(
+    instances: list[GemmInstance], coverage: float, model: TabularModel, catalog: DeviceCatalog
+) -> list[dict[str, Any]]:
+    trained = model_devices(model)
+    names, specs = resolve_devices(instances, catalog, trained)
+    columns = {col: [getattr(inst, col) for inst in instances] for col in CONFIG_FIELDS}
+    rows = pd.DataFrame({**columns, "device": names})
+    feats = features.build_features(rows, specs)
+    results = model.predict(feats, coverage, names)
+    ood = _ood_reasons(rows, model, trained)
+    flops = features.flops(rows)
+    peak_flops = feats["peak_gflops"].to_numpy() * 1e9
+
+    out = []
+    for i, inst in enumerate(instances):
+        row: dict[str, Any] = {"unavailable": {}}
+        for target in ("runtime_ms", "power_w", "energy_j"):
+            if target not in results:
+                row[target] = None
+                row["unavailable"][target] = f"model {model.name} {model.version} has no {target} model"
+                continue
+            pred, seen = results[target]
+            if target != "runtime_ms" and not seen[i]:
+                measured_on = ", ".join(model.targets[target].devices)
+                row[target] = None
+                row["unavailable"][target] = (
+                    f"{target} was measured only on {measured_on}; no model for {names[i]!r}"
+                )
+            else:
+                row[target] = _interval(pred, i)
+                if row[target] is None:
+                    row["unavailable"][target] = "the prediction is not a finite number for this input"
+        runtime = row["runtime_ms"]
+        if runtime is not None:
+            achieved = [flops[i] / (runtime[key] / 1e3) / peak_flops[i] for key in ("value", "high", "low")]
+            row["utilization"] = dict(zip(("value", "low", "high"), achieved, strict=True))
+            price = (
+                inst.price_per_hour_usd
+                if inst.price_per_hour_usd is not None
+                else specs[names[i]].price_per_hour_usd
+            )
+            if price is not None:
+                row["cost_usd"] = {key: runtime[key] / MS_PER_HOUR * price for key in runtime}
+        else:
+            row["utilization"] = None
+        energy = row["energy_j"]
+        if energy is not None and inst.grid_gco2_per_kwh is not None:
+            row["co2_g"] = {key: energy[key] / J_PER_KWH * inst.grid_gco2_per_kwh for key in energy}
+        elif inst.grid_gco2_per_kwh is not None:
+            row["unavailable"]["co2_g"] = "needs an energy prediction, which is unavailable for this device"
+        row["ood_reasons"] = ood[i]
+        row["out_of_distribution"] = bool(ood[i])
+        out.append(row)
+    return out

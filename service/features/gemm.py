@@ -1,0 +1,235 @@
+"""GEMM features: the one place where a GEMM configuration on a device becomes model inputs.
+
+Training (``training/``) and serving (``service/``) both call :func:`build_features`; a fitted model
+records :data:`FEATURE_VERSION` and :data:`FEATURE_COLUMNS`, and loading refuses a model whose record
+differs from this module. Change the math here → bump the version.
+
+The models learn ``log(runtime / roofline_time)``: how far a configuration falls short of the
+device's compute and memory peaks. That ratio depends on the shape and kernel far more than on the
+device, which is what lets a model trained on four GPUs say something about a fifth.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Literal, get_args
+
+import numpy as np
+import pandas as pd
+
+from service.devices import SPEC_FIELDS, DeviceSpec
+
+FEATURE_VERSION = "gemm-1"
+
+Op = Literal["gemm", "bmm", "linear"]
+Dtype = Literal["float16", "bfloat16", "float32", "float64", "int8"]
+Layout = Literal["nn", "nt", "tn", "tt"]
+OPS: tuple[str, ...] = get_args(Op)
+LAYOUTS: tuple[str, ...] = get_args(Layout)
+DTYPE_BYTES = dict(zip(get_args(Dtype), (2, 2, 4, 8, 1), strict=True))
+
+# Optional kernel/tile configuration: CUTLASS-style tiles and stages, the GEMM epilogue scalars, CPU
+# thread count, and the 14 CLTune parameters of the UCI SGEMM sweep (lower-cased).
+CLTUNE_FIELDS = (
+    "mwg",
+    "nwg",
+    "kwg",
+    "mdimc",
+    "ndimc",
+    "mdima",
+    "ndimb",
+    "kwi",
+    "vwm",
+    "vwn",
+    "strm",
+    "strn",
+    "sa",
+    "sb",
+)
+KERNEL_NUMERIC_FIELDS = ("tile_m", "tile_n", "tile_k", "stages", "alpha", "beta", "threads", *CLTUNE_FIELDS)
+CATEGORICAL_FIELDS = ("op", "dtype", "layout", "kernel")
+SIZE_FIELDS = ("batch", "m", "n", "k")
+# The normalised configuration table every loader produces (plus source, device and targets).
+CONFIG_COLUMNS = (*SIZE_FIELDS, *CATEGORICAL_FIELDS, *KERNEL_NUMERIC_FIELDS)
+
+DERIVED = (
+    "log_flops",
+    "log_bytes",
+    "log_intensity",
+    "log_m",
+    "log_n",
+    "log_k",
+    "log_batch",
+    "log_t_compute_ms",
+    "log_t_memory_ms",
+    "log_roofline_ms",
+    "log_baseline_ms",
+    "memory_bound",
+    "intensity_over_ridge",
+    "tiles",
+    "waves",
+    "wave_efficiency",
+    "footprint_over_l2",
+    "m_align",
+    "n_align",
+    "k_align",
+    "min_dim_log",
+    "effective_units",
+    "is_cpu",
+    "peak_gflops",
+    "kernel_tile_m",
+    "kernel_tile_n",
+    "tdp_per_gflop",
+    "bandwidth_per_gflop",
+)
+FEATURE_COLUMNS: tuple[str, ...] = (
+    *SIZE_FIELDS,
+    "op_code",
+    "dtype_code",
+    "layout_code",
+    "kernel_code",
+    *KERNEL_NUMERIC_FIELDS,
+    *(f"dev_{f}" for f in SPEC_FIELDS),
+    *DERIVED,
+)
+
+# Tile assumed when a request names none: a common cuBLAS/CUTLASS threadblock on GPUs, a typical BLAS
+# macro-kernel block on CPUs.
+_TILE = re.compile(r"_(\d+)x(\d+)_")
+DEFAULT_GPU_TILE = 128
+DEFAULT_CPU_TILE = 64
+# Fixed cost of issuing one GEMM (kernel launch on a GPU, BLAS call on a CPU). Measured floors: 30-55 us
+# for the smallest cuBLAS calls in NeuSight's data, a few us for numpy on a CPU. Added to the roofline so
+# the learned ratio stays near 1 for tiny problems instead of exploding device-specifically.
+LAUNCH_OVERHEAD_MS = {"gpu": 0.02, "cpu": 0.002}
+
+
+def kernel_code(name: object) -> float:
+    """A stable number for a kernel name (crc32), NaN when none: the same name always maps the same."""
+    if not isinstance(name, str) or not name:
+        return float("nan")
+    return float(zlib.crc32(name.encode()) % 1_000_003)
+
+
+def _code(values: pd.Series, vocabulary: tuple[str, ...]) -> np.ndarray:
+    index = {v: i for i, v in enumerate(vocabulary)}
+    return np.array([index.get(v, np.nan) if isinstance(v, str) else np.nan for v in values], dtype=float)
+
+
+def _align(x: np.ndarray) -> np.ndarray:
+    """Largest power of two (up to 128) dividing x: padding and vector-width effects show up here."""
+    out = np.ones_like(x)
+    for p in (2, 4, 8, 16, 32, 64, 128):
+        out = np.where(np.mod(x, p) == 0, p, out)
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _kernel_tile(name: object) -> tuple[float, float]:
+    """Threadblock tile parsed from a CUTLASS/cuBLAS kernel name (``..._128x64_...``), NaN otherwise."""
+    match = _TILE.search(name) if isinstance(name, str) else None
+    return (float(match.group(1)), float(match.group(2))) if match else (np.nan, np.nan)
+
+
+def flops(rows: pd.DataFrame) -> np.ndarray:
+    return (
+        2.0
+        * rows["batch"].to_numpy(dtype=float)
+        * rows["m"].to_numpy(dtype=float)
+        * rows["n"].to_numpy(dtype=float)
+        * rows["k"].to_numpy(dtype=float)
+    )
+
+
+def build_features(rows: pd.DataFrame, devices: Mapping[str, DeviceSpec]) -> pd.DataFrame:
+    """Feature table for GEMM configurations.
+
+    ``rows`` holds :data:`CONFIG_COLUMNS` (missing optional columns are treated as unknown) and a
+    ``device`` column naming a key of ``devices``. Returns exactly :data:`FEATURE_COLUMNS`, in order.
+    """
+    n_rows = len(rows)
+    specs = [devices[name] for name in rows["device"]]
+
+    def column(col: str) -> pd.Series:
+        return rows[col] if col in rows else pd.Series([None] * n_rows, index=rows.index, dtype=object)
+
+    ops = column("op").fillna("gemm")
+    dtypes = column("dtype").fillna("float32")
+    kernels = column("kernel")
+    # One conversion for every numeric input (None → NaN) instead of one pandas call per column.
+    numeric_cols = [*SIZE_FIELDS, *KERNEL_NUMERIC_FIELDS]
+    numeric = rows.reindex(columns=numeric_cols).to_numpy(dtype=float, na_value=np.nan)
+    out: dict[str, np.ndarray] = {col: numeric[:, j] for j, col in enumerate(numeric_cols)}
+    out["batch"] = np.nan_to_num(out["batch"], nan=1.0)
+    out["op_code"] = _code(ops, OPS)
+    out["dtype_code"] = _code(dtypes, tuple(DTYPE_BYTES))
+    out["layout_code"] = _code(column("layout"), LAYOUTS)
+    out["kernel_code"] = np.array([kernel_code(k) for k in kernels], dtype=float)
+    for field in SPEC_FIELDS:
+        out[f"dev_{field}"] = np.array([float(getattr(s, field)) for s in specs], dtype=float)
+
+    b, m, n, k = (out[c] for c in SIZE_FIELDS)
+    is_cpu = np.array([s.kind == "cpu" for s in specs], dtype=float)
+    units = out["dev_sm_count"]
+    threads = out["threads"]
+    effective_units = np.where(np.isnan(threads), units, np.minimum(threads, units))
+    peak = np.array([s.peak_gflops(d) for s, d in zip(specs, dtypes, strict=True)], dtype=float)
+    peak = peak * effective_units / units
+    bandwidth = out["dev_memory_bandwidth_gbps"]
+    elem = np.array([DTYPE_BYTES.get(d, 4) for d in dtypes], dtype=float)
+    beta = np.nan_to_num(out["beta"], nan=0.0)
+
+    total_flops = 2.0 * b * m * n * k
+    # A and B read once, C written once, and read as well when beta != 0.
+    total_bytes = elem * b * (m * k + k * n + m * n * (1.0 + (beta != 0)))
+    t_compute = total_flops / (peak * 1e9) * 1e3
+    t_memory = total_bytes / (bandwidth * 1e9) * 1e3
+    roofline = np.maximum(t_compute, t_memory)
+    ridge = peak / bandwidth
+
+    parsed = np.array([_kernel_tile(k) for k in kernels], dtype=float).reshape(n_rows, 2)
+    kt_m, kt_n = parsed[:, 0], parsed[:, 1]
+    default_tile = np.where(is_cpu == 1, DEFAULT_CPU_TILE, DEFAULT_GPU_TILE)
+    tile_m = np.where(~np.isnan(out["tile_m"]), out["tile_m"], np.where(~np.isnan(kt_m), kt_m, default_tile))
+    tile_n = np.where(~np.isnan(out["tile_n"]), out["tile_n"], np.where(~np.isnan(kt_n), kt_n, default_tile))
+    tiles = b * np.ceil(m / tile_m) * np.ceil(n / tile_n)
+    waves = tiles / effective_units
+    wave_eff = tiles / (np.ceil(waves) * effective_units)
+
+    out["log_flops"] = np.log(total_flops)
+    out["log_bytes"] = np.log(total_bytes)
+    out["log_intensity"] = np.log(total_flops / total_bytes)
+    out["log_m"], out["log_n"], out["log_k"], out["log_batch"] = (
+        np.log2(m),
+        np.log2(n),
+        np.log2(k),
+        np.log2(b),
+    )
+    out["log_t_compute_ms"] = np.log(t_compute)
+    out["log_t_memory_ms"] = np.log(t_memory)
+    out["log_roofline_ms"] = np.log(roofline)
+    overhead = np.where(is_cpu == 1, LAUNCH_OVERHEAD_MS["cpu"], LAUNCH_OVERHEAD_MS["gpu"])
+    out["log_baseline_ms"] = np.log(roofline + overhead)
+    out["memory_bound"] = (t_memory > t_compute).astype(float)
+    out["intensity_over_ridge"] = np.log((total_flops / total_bytes) / ridge)
+    out["tiles"] = tiles
+    out["waves"] = waves
+    out["wave_efficiency"] = wave_eff
+    out["footprint_over_l2"] = np.log(total_bytes / (out["dev_l2_cache_mb"] * 1024 * 1024))
+    out["m_align"], out["n_align"], out["k_align"] = _align(m), _align(n), _align(k)
+    out["min_dim_log"] = np.log2(np.minimum(np.minimum(m, n), k))
+    out["effective_units"] = effective_units
+    out["is_cpu"] = is_cpu
+    out["peak_gflops"] = peak
+    out["kernel_tile_m"] = kt_m
+    out["kernel_tile_n"] = kt_n
+    tdp = np.array([s.tdp_w if s.tdp_w else np.nan for s in specs], dtype=float)
+    out["tdp_per_gflop"] = tdp / out["dev_fp32_gflops"]
+    out["bandwidth_per_gflop"] = bandwidth / out["dev_fp32_gflops"]
+    matrix = (
+        np.column_stack([out[c] for c in FEATURE_COLUMNS]) if n_rows else np.empty((0, len(FEATURE_COLUMNS)))
+    )
+    return pd.DataFrame(matrix, columns=list(FEATURE_COLUMNS), index=rows.index)

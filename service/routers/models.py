@@ -1,0 +1,79 @@
+"""Loaded models' cards, the device catalog, and the admin reload."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from service.deps import CatalogDep, RegistryDep, SettingsDep, SnapshotDep
+
+router = APIRouter(tags=["models"])
+
+CARD_FIELDS = (
+    "name",
+    "version",
+    "domain",
+    "datasets",
+    "libraries",
+    "trained_at",
+    "training_seconds",
+    "feature_version",
+)
+
+
+@router.get("/v1/models")
+async def models(snapshot: SnapshotDep) -> dict[str, Any]:
+    loaded = []
+    for model in snapshot.models.values():
+        card = {key: model.card.get(key) for key in CARD_FIELDS}
+        card["targets"] = {
+            name: {
+                "estimator": spec["estimator"],
+                "n_train": spec.get("n_train"),
+                "devices": spec.get("devices"),
+                "cv": spec.get("cv"),
+            }
+            for name, spec in model.card.get("targets", {}).items()
+        }
+        loaded.append(card)
+    refused = [{"model": r.model, "version": r.version, "reason": r.reason} for r in snapshot.refused]
+    return {"models": loaded, "refused": refused}
+
+
+@router.get("/v1/devices")
+async def devices(catalog: CatalogDep, snapshot: SnapshotDep) -> dict[str, Any]:
+    known = {d.name: d.model_dump(exclude_none=True) for d in catalog}
+    for model in snapshot.models.values():
+        for spec in model.card.get("devices", []):
+            known.setdefault(spec["name"], {k: v for k, v in spec.items() if v is not None})
+    return {"devices": sorted(known.values(), key=lambda d: d["name"])}
+
+
+@router.post("/v1/admin/reload")
+async def reload(
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    if settings.admin_token is None:
+        raise HTTPException(
+            status_code=403,
+            detail=[
+                {
+                    "field": "authorization",
+                    "reason": "reload is disabled: set PERFCOST_ADMIN_TOKEN to enable it",
+                }
+            ],
+        )
+    expected = f"Bearer {settings.admin_token.get_secret_value()}".encode()
+    if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+        raise HTTPException(
+            status_code=401,
+            detail=[{"field": "authorization", "reason": "missing or wrong 'Authorization: Bearer <token>'"}],
+        )
+    await run_in_threadpool(request.app.state.reload)
+    return registry.status()

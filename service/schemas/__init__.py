@@ -1,0 +1,1 @@
+"""Request/response schemas: one module per domain, plus the shapes every domain shares."""

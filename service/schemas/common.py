@@ -1,0 +1,31 @@
+"""Shapes shared by every domain's API."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """Unknown fields are rejected, not ignored; NaN and infinities are invalid numbers."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Interval(BaseModel):
+    value: float
+    low: float
+    high: float
+
+
+class ModelRef(BaseModel):
+    model: str = Field(description="Name of the model that answered")
+    version: str = Field(description="Version of that model")
+
+
+class ErrorDetail(BaseModel):
+    field: str = Field(description="Path of the offending field, e.g. instances.0.device")
+    reason: str
+
+
+class ErrorResponse(BaseModel):
+    detail: list[ErrorDetail]

@@ -1,0 +1,51 @@
+"""The one settings class. Every knob is an environment variable with the ``PERFCOST_`` prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from platformdirs import user_cache_dir, user_data_dir
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PERFCOST_", extra="ignore")
+
+    data_home: Path = Field(
+        default_factory=lambda: Path(user_cache_dir("perfcost")) / "datasets",
+        description="Cache directory for downloaded public datasets.",
+    )
+    data_mirror: Path | None = Field(
+        default=None,
+        description="Offline mirror laid out as <dataset>/<file>; used instead of downloading.",
+    )
+    bundled_data_dir: Path = Field(
+        default=REPO_ROOT / "datasets",
+        description="Directory holding the datasets this project measured itself.",
+    )
+    model_dir: Path = Field(
+        default_factory=lambda: Path(user_data_dir("perfcost")) / "models",
+        description="Model registry: one folder per model, one sub-folder per version.",
+    )
+    device_dir: Path | None = Field(
+        default=None, description="Extra device descriptions (one JSON or YAML file per device)."
+    )
+    report_dir: Path = Field(
+        default=Path("reports"), description="Where evaluation writes metrics and plots."
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1)
+
+    max_batch: int = Field(default=10_000, ge=1, description="Most instances one request may carry.")
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Largest request body accepted."
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Token for POST /v1/admin/reload; reload is disabled when unset."
+    )
+    download_retries: int = Field(default=3, ge=0)

@@ -1,0 +1,327 @@
+"""The real app over a real published model: valid batches, every error class, OOD, reload, tampering."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+
+RTX = "NVIDIA GeForce RTX 4070"
+GOOD = {
+    "m": 1024,
+    "n": 1024,
+    "k": 1024,
+    "device": RTX,
+    "tile_m": 16,
+    "tile_n": 16,
+    "tile_k": 16,
+    "kernel": "gpperf_tiled_matmul",
+}
+
+
+@pytest.fixture
+def model_dir(trained_model_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "models"
+    shutil.copytree(trained_model_dir, copy)
+    return copy
+
+
+def make_client(model_dir: Path, **overrides) -> TestClient:
+    settings = Settings(model_dir=model_dir, **overrides)
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture
+def client(model_dir: Path):
+    with make_client(model_dir) as c:
+        yield c
+
+
+def predict(client: TestClient, *instances: dict, **extra) -> httpx.Response:
+    return client.post("/v1/gemm/predict", json={"instances": list(instances), **extra})
+
+
+def test_valid_batch_has_model_version_and_intervals(client: TestClient) -> None:
+    r = predict(
+        client, GOOD, {**GOOD, "m": 2048, "price_per_hour_usd": 1.2, "grid_gco2_per_kwh": 300}, coverage=0.8
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model"] == "gemm" and body["version"]
+    first, second = body["predictions"]
+    for row in (first, second):
+        rt = row["runtime_ms"]
+        assert 0 < rt["low"] <= rt["value"] <= rt["high"]
+        assert row["power_w"]["value"] > 0  # power was measured on this device
+        assert 0 < row["utilization"]["value"] < 1
+    assert second["cost_usd"]["value"] == pytest.approx(second["runtime_ms"]["value"] / 3.6e6 * 1.2)
+    assert "cost_usd" not in first
+
+
+def test_wider_coverage_gives_wider_intervals(client: TestClient) -> None:
+    narrow = predict(client, GOOD, coverage=0.5).json()["predictions"][0]["runtime_ms"]
+    wide = predict(client, GOOD, coverage=0.95).json()["predictions"][0]["runtime_ms"]
+    assert wide["low"] < narrow["low"] and wide["high"] > narrow["high"]
+    assert wide["value"] == narrow["value"]
+
+
+def test_unseen_device_gets_runtime_but_no_invented_power(client: TestClient) -> None:
+    row = predict(client, {"m": 512, "n": 512, "k": 512, "device": "tesla t4"}).json()["predictions"][0]
+    assert row["runtime_ms"]["value"] > 0
+    assert (
+        row["power_w"] is None and "measured only on NVIDIA GeForce RTX 4070" in row["unavailable"]["power_w"]
+    )
+    assert row["out_of_distribution"]
+    assert any("Tesla T4" in reason for reason in row["ood_reasons"])
+
+
+def test_inline_device_spec(client: TestClient) -> None:
+    spec = {
+        "name": "My GPU",
+        "memory_gb": 16,
+        "memory_bandwidth_gbps": 800,
+        "sm_count": 60,
+        "cores_per_sm": 128,
+        "clock_mhz": 1800,
+        "fp32_gflops": 27000,
+        "l2_cache_mb": 32,
+    }
+    r = predict(client, {"m": 256, "n": 256, "k": 256, "device_spec": spec})
+    assert r.status_code == 200
+    assert r.json()["predictions"][0]["out_of_distribution"]
+
+
+def test_out_of_range_sizes_are_flagged(client: TestClient) -> None:
+    row = predict(client, {**GOOD, "m": 3, "n": 5, "k": 7}).json()["predictions"][0]
+    assert row["out_of_distribution"]
+    assert any(reason.startswith("m=3 outside the training range") for reason in row["ood_reasons"])
+
+
+@pytest.mark.parametrize(
+    ("instance", "field"),
+    [
+        ({**GOOD, "m": 0}, "instances.0.m"),
+        ({**GOOD, "n": -5}, "instances.0.n"),
+        ({**GOOD, "k": 10**12}, "instances.0.k"),
+        ({**GOOD, "m": "64"}, "instances.0.m"),
+        ({**GOOD, "m": True}, "instances.0.m"),
+        ({**GOOD, "m": 1.5}, "instances.0.m"),
+        ({**GOOD, "op": "conv"}, "instances.0.op"),
+        ({**GOOD, "dtype": "float128"}, "instances.0.dtype"),
+        ({**GOOD, "colour": "red"}, "instances.0.colour"),
+        ({"m": 1, "n": 1, "k": 1}, "instances.0"),
+        ({**GOOD, "device_spec": {"name": "x"}}, "instances.0"),
+    ],
+)
+def test_invalid_fields_are_422_naming_the_field(client: TestClient, instance: dict, field: str) -> None:
+    r = predict(client, instance)
+    assert r.status_code == 422
+    fields = [d["field"] for d in r.json()["detail"]]
+    assert any(f.startswith(field) for f in fields), fields
+    assert all(d["reason"] for d in r.json()["detail"])
+
+
+def test_nan_and_infinity_are_rejected(client: TestClient) -> None:
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        body = f'{{"instances": [{{"m": 8, "n": 8, "k": 8, "device": "{RTX}", "beta": {literal}}}]}}'
+        r = client.post("/v1/gemm/predict", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, literal
+        assert r.json()["detail"][0]["field"] == "instances.0.beta"
+    r = predict(client, GOOD, coverage=1.5)
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "coverage"
+
+
+def test_empty_batch_is_422(client: TestClient) -> None:
+    r = client.post("/v1/gemm/predict", json={"instances": []})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "instances"
+
+
+def test_unknown_device_is_404_saying_how_to_add_one(client: TestClient) -> None:
+    r = predict(client, GOOD, {**GOOD, "device": "Quantum GPU 9000"})
+    assert r.status_code == 404
+    detail = r.json()["detail"][0]
+    assert detail["field"] == "instances.1.device"
+    assert "device_spec" in detail["reason"] and "PERFCOST_DEVICE_DIR" in detail["reason"]
+
+
+def test_batch_over_the_limit_is_413(model_dir: Path) -> None:
+    with make_client(model_dir, max_batch=3) as c:
+        assert predict(c, *[GOOD] * 3).status_code == 200
+        r = predict(c, *[GOOD] * 4)
+        assert r.status_code == 413 and "limit of 3" in r.json()["detail"][0]["reason"]
+
+
+def test_body_over_the_limit_is_413(model_dir: Path) -> None:
+    with make_client(model_dir, max_body_bytes=2048) as c:
+        r = predict(c, *[GOOD] * 50)
+        assert r.status_code == 413 and r.json()["detail"][0]["field"] == "body"
+
+
+def test_api_and_in_process_predictions_are_identical(client: TestClient, model_dir: Path) -> None:
+    from service.app import FEATURES
+    from service.devices import DeviceCatalog
+    from service.domains import gemm
+    from service.registry import ModelRegistry
+    from service.schemas.gemm import GemmInstance
+
+    instances = [{**GOOD, "m": m, "k": k} for m in (64, 700, 4096) for k in (128, 2048)]
+    api = predict(client, *instances).json()["predictions"]
+    model = ModelRegistry(model_dir, FEATURES).reload().get("gemm")
+    assert model is not None
+    local = gemm.predict([GemmInstance(**i) for i in instances], 0.9, model, DeviceCatalog.default())
+    assert [r["runtime_ms"] for r in api] == [r["runtime_ms"] for r in local]
+    assert [r["power_w"] for r in api] == [r["power_w"] for r in local]
+
+
+def test_models_devices_health_and_metrics(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "alive"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and "gemm" in ready.json()["loaded"]
+    models = client.get("/v1/models").json()["models"]
+    card = models[0]
+    assert card["name"] == "gemm" and card["datasets"][0]["files"][0]["sha256"]
+    assert {"runtime_ms", "power_w"} <= set(card["targets"]) and card["libraries"]["lightgbm"]
+    names = [d["name"] for d in client.get("/v1/devices").json()["devices"]]
+    assert "NVIDIA H100 80GB HBM3" in names and RTX in names
+    predict(client, GOOD)
+    text = client.get("/metrics").text
+    assert 'perfcost_requests_total{method="POST",route="/v1/gemm/predict",status="200"}' in text
+    assert "perfcost_model_loaded{" in text
+
+
+def test_no_model_means_alive_but_not_ready(tmp_path: Path) -> None:
+    with make_client(tmp_path / "empty") as c:
+        assert c.get("/healthz").status_code == 200
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "no model is loaded" in r.json()["reason"]
+        assert predict(c, GOOD).status_code == 503
+
+
+def _versions(model_dir: Path) -> list[Path]:
+    return sorted(p for p in (model_dir / "gemm").iterdir() if p.is_dir())
+
+
+def _republish_copy(model_dir: Path, suffix: str) -> Path:
+    """A second, newer version: the published one copied under a later name with its card updated."""
+    src = _versions(model_dir)[-1]
+    dst = src.parent / (src.name + suffix)
+    shutil.copytree(src, dst)
+    card = json.loads((dst / "card.json").read_text())
+    card["version"] = dst.name
+    (dst / "card.json").write_text(json.dumps(card))
+    return dst
+
+
+def test_tampered_model_file_is_refused_and_previous_version_serves(model_dir: Path) -> None:
+    good = _versions(model_dir)[-1].name
+    bad = _republish_copy(model_dir, "-tampered")
+    model_file = next(p for p in bad.iterdir() if p.name.startswith("runtime_ms"))
+    model_file.write_bytes(model_file.read_bytes()[:-100] + b"x" * 100)
+    with make_client(model_dir) as c:
+        assert predict(c, GOOD).json()["version"] == good
+        refused = c.get("/v1/models").json()["refused"]
+        assert refused[0]["version"] == bad.name and "sha256" in refused[0]["reason"]
+        assert c.get("/readyz").json()["refused"][0]["version"] == bad.name
+
+
+def test_feature_version_mismatch_is_refused(model_dir: Path) -> None:
+    card_path = _versions(model_dir)[-1] / "card.json"
+    card = json.loads(card_path.read_text())
+    card["feature_version"] = "gemm-0"
+    card_path.write_text(json.dumps(card))
+    with make_client(model_dir) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "gemm-0" in r.json()["refused"][0]["reason"]
+
+
+def test_reload_needs_the_token_and_swaps_without_failures(model_dir: Path) -> None:
+    with make_client(model_dir) as c:
+        assert c.post("/v1/admin/reload").status_code == 403  # disabled without a token
+    with make_client(model_dir, admin_token="s3cret") as c:
+        old = predict(c, GOOD).json()["version"]
+        assert c.post("/v1/admin/reload", headers={"Authorization": "Bearer nope"}).status_code == 401
+        new = _republish_copy(model_dir, "-next").name
+        seen: set[str] = set()
+        failures: list[int] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                r = predict(c, GOOD, GOOD)
+                if r.status_code != 200:
+                    failures.append(r.status_code)
+                else:
+                    seen.add(r.json()["version"])
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        for _ in range(3):
+            assert c.post("/v1/admin/reload", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert failures == []
+        assert seen <= {old, new} and new in seen
+        assert predict(c, GOOD).json()["version"] == new
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_end_to_end_over_real_uvicorn(model_dir: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {"PERFCOST_MODEL_DIR": str(model_dir), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "service.app:app_from_env",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("uvicorn did not become ready in 60 s")
+        r = httpx.post(f"{url}/v1/gemm/predict", json={"instances": [GOOD] * 3}, timeout=10)
+        assert r.status_code == 200
+        values = [p["runtime_ms"]["value"] for p in r.json()["predictions"]]
+        assert np.allclose(values, values[0]) and values[0] > 0
+        assert httpx.get(f"{url}/openapi.json", timeout=5).json()["paths"]["/v1/gemm/predict"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

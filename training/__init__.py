@@ -1,0 +1,1 @@
+"""perfcost offline pipelines: data, collection, features, training, evaluation (one module per stage)."""

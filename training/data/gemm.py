@@ -1,0 +1,336 @@
+"""GEMM loaders: every source normalised into one table.
+
+Columns: ``source, device`` + :data:`service.features.gemm.CONFIG_COLUMNS` + :data:`TARGETS` +
+``runtime_spread``. Malformed rows are counted by reason with their line numbers, logged, and returned
+in the report; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import tarfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from service.devices import DeviceCatalog, DeviceSpec
+from service.features.gemm import CLTUNE_FIELDS, CONFIG_COLUMNS
+from service.settings import Settings
+from training.data.registry import REGISTRY, DatasetError, fetch, get_spec, sha256_of
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("runtime_ms", "power_w", "energy_j")
+COLUMNS = ("source", "device", *CONFIG_COLUMNS, *TARGETS, "runtime_spread")
+GEMM_DATASETS = tuple(sorted(n for n, s in REGISTRY.items() if s.domain == "gemm"))
+BUNDLED_MARKERS = ("measurements.csv", "device.json")
+
+
+@dataclass
+class LoadReport:
+    """Rows kept and rows rejected, by reason, with the first few line numbers of each reason."""
+
+    dataset: str
+    rows: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def reject(self, reason: str, where: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < 5:
+            shown.append(where)
+
+    def log(self) -> None:
+        log.info("%s: %d rows loaded", self.dataset, self.rows)
+        for reason, count in sorted(self.rejected.items()):
+            log.warning(
+                "%s: %d rows rejected (%s), e.g. %s",
+                self.dataset,
+                count,
+                reason,
+                "; ".join(self.examples[reason]),
+            )
+
+
+@dataclass
+class GemmData:
+    name: str
+    frame: pd.DataFrame
+    report: LoadReport
+    devices: dict[str, DeviceSpec]
+    files: list[dict[str, str]]
+
+
+def _finish(rows: pd.DataFrame, source: str) -> pd.DataFrame:
+    out = rows.copy()
+    out["source"] = source
+    for col in COLUMNS:
+        if col not in out:
+            out[col] = np.nan
+    out = out.loc[:, list(COLUMNS)].reset_index(drop=True)
+    for col in ("op", "dtype", "layout", "kernel", "source", "device"):
+        out[col] = out[col].astype(object).where(out[col].notna(), None)
+    return out
+
+
+def _check_positive(
+    frame: pd.DataFrame, cols: tuple[str, ...], report: LoadReport, line: pd.Series
+) -> pd.DataFrame:
+    """Drop rows whose required numeric columns are missing, non-finite or non-positive, by reason."""
+    keep = pd.Series(True, index=frame.index)
+    for col in cols:
+        values = pd.to_numeric(frame[col], errors="coerce")
+        bad = ~(np.isfinite(values) & (values > 0))
+        for idx in frame.index[bad & keep]:
+            report.reject(f"{col} missing, non-numeric or <= 0", f"line {line[idx]}: {frame.at[idx, col]!r}")
+        keep &= ~bad
+    return frame.loc[keep]
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"non-finite {text!r}")
+    return value
+
+
+def load_gpperf(paths: dict[str, Path], report: LoadReport) -> pd.DataFrame:
+    """GPPerf CUTLASS sweep: 7-line records inside the tarball (see the dataset card)."""
+    (archive,) = paths.values()
+    with tarfile.open(archive) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/results.csv"))
+        extracted = tar.extractfile(member)
+        if extracted is None:
+            raise DatasetError(f"gpperf-rtx4070: {member.name} in {archive} is not a regular file")
+        lines = extracted.read().decode("utf-8", errors="replace").splitlines()
+    header = "Energy_Joules,GFLOPS_per_Watt,TFLOPS"
+    if lines and lines[0].startswith(header):
+        lines[0] = lines[0][len(header) :]
+    records = []
+    i = 0
+    while i < len(lines):
+        first = lines[i].split(",")
+        if len(first) < 22 or not first[0].strip().isdigit():
+            report.reject("line outside a 7-line record", f"line {i + 1}: {lines[i][:60]!r}")
+            i += 1
+            continue
+        block = lines[i : i + 7]
+        where = f"line {i + 1}"
+        if len(block) < 7 or not block[6].startswith("problem_size_k,"):
+            report.reject("truncated record", where)
+            i += 1
+            continue
+        try:
+            kv = dict(line.split(",", 1) for line in block[1:6])
+            last = block[6].split(",")
+            m, n, k = int(first[1]), int(first[2]), int(first[3])
+            if (int(kv["problem_size_m"]), int(kv["problem_size_n"]), int(last[1])) != (m, n, k):
+                raise ValueError("problem_size lines disagree with M, N, K")
+            power_text = first[15].strip()
+            power = float("nan") if power_text == "[N/A]" else _parse_float(power_text)
+            energy_text = last[2].strip() if len(last) > 2 else ""
+            runtime = _parse_float(first[13])
+            records.append(
+                {
+                    "line": i + 1,
+                    "device": "NVIDIA GeForce RTX 4070",
+                    "op": "gemm",
+                    "batch": 1,
+                    "m": m,
+                    "n": n,
+                    "k": k,
+                    "dtype": "float32" if "_sgemm_" in first[4] else "float16",
+                    "layout": first[5].strip(),
+                    "kernel": first[4].strip(),
+                    "tile_m": int(first[6]),
+                    "tile_n": int(first[7]),
+                    "tile_k": int(first[8]),
+                    "stages": int(first[9]),
+                    "alpha": _parse_float(first[11]),
+                    "beta": _parse_float(first[12]),
+                    "runtime_ms": runtime,
+                    # Energy is logged only alongside a power reading; without one it is not a measurement.
+                    "power_w": power,
+                    "energy_j": _parse_float(energy_text)
+                    if not math.isnan(power) and energy_text
+                    else float("nan"),
+                }
+            )
+        except (ValueError, KeyError, IndexError) as exc:
+            report.reject(f"malformed record ({exc.__class__.__name__})", f"{where}: {exc}")
+        i += 7
+    frame = pd.DataFrame.from_records(records)
+    frame = _check_positive(frame, ("m", "n", "k", "runtime_ms"), report, frame["line"])
+    power_bad = frame["power_w"].notna() & ~(frame["power_w"] > 0)
+    for idx in frame.index[power_bad]:
+        report.reject("power_w <= 0", f"line {frame.at[idx, 'line']!s}")
+    frame.loc[power_bad, ["power_w", "energy_j"]] = np.nan
+    return frame
+
+
+def load_gpperf_tiled(paths: dict[str, Path], report: LoadReport) -> pd.DataFrame:
+    """GPPerf hand-written tiled kernel: runtime and power files joined on (M, N, K, tile)."""
+    times = pd.read_csv(paths["execution_times_all.csv"])
+    power = pd.read_csv(paths["power_usage_results_all.csv"])
+    times["line"] = [f"execution_times_all.csv:{i + 2}" for i in range(len(times))]
+    power["line"] = [f"power_usage_results_all.csv:{i + 2}" for i in range(len(power))]
+    times = _check_positive(times, ("M", "N", "K", "Tile Size", "Execution Time"), report, times["line"])
+    power = _check_positive(
+        power, ("M", "N", "K", "Tile Size", "Average Power Usage (W)"), report, power["line"]
+    )
+    keys = ["M", "N", "K", "Tile Size"]
+    for frame, name in ((times, "execution"), (power, "power")):
+        dup = frame.duplicated(keys, keep="first")
+        for idx in frame.index[dup]:
+            report.reject(f"duplicate {name} configuration", str(frame.at[idx, "line"]))
+    merged = pd.merge(
+        times.drop_duplicates(keys).drop(columns="line"),
+        power.drop_duplicates(keys).drop(columns="line"),
+        on=keys,
+        how="outer",
+    )
+    tile = merged["Tile Size"].astype(int)
+    return pd.DataFrame(
+        {
+            "device": "NVIDIA GeForce RTX 4070",
+            "op": "gemm",
+            "batch": 1,
+            "m": merged["M"].astype(int),
+            "n": merged["N"].astype(int),
+            "k": merged["K"].astype(int),
+            "dtype": "float32",
+            "kernel": "gpperf_tiled_matmul",
+            "tile_m": tile,
+            "tile_n": tile,
+            "tile_k": tile,
+            "runtime_ms": merged["Execution Time"],
+            "power_w": merged["Average Power Usage (W)"],
+        }
+    )
+
+
+def load_uci_sgemm(paths: dict[str, Path], report: LoadReport) -> pd.DataFrame:
+    """UCI SGEMM: target is the mean of the four runs; their relative range is kept as the spread."""
+    (archive,) = paths.values()
+    with zipfile.ZipFile(archive) as zf:
+        name = next(n for n in zf.namelist() if n.endswith(".csv"))
+        raw = pd.read_csv(io.BytesIO(zf.read(name)))
+    runs = [f"Run{i} (ms)" for i in range(1, 5)]
+    raw["line"] = np.arange(len(raw)) + 2
+    raw = _check_positive(raw, (*(c.upper() for c in CLTUNE_FIELDS[:10]), *runs), report, raw["line"])
+    values = raw[runs].astype(float)
+    mean = values.mean(axis=1)
+    frame = pd.DataFrame({f: raw[f.upper()].astype(int) for f in CLTUNE_FIELDS})
+    frame["device"] = "NVIDIA GeForce GTX 680"
+    frame["op"] = "gemm"
+    frame["batch"] = 1
+    frame["m"] = frame["n"] = frame["k"] = 2048
+    frame["dtype"] = "float32"
+    frame["layout"] = "nn"
+    frame["kernel"] = "cltune_gemm_fast"
+    frame["runtime_ms"] = mean
+    frame["runtime_spread"] = (values.max(axis=1) - values.min(axis=1)) / mean
+    return frame
+
+
+def load_neusight(paths: dict[str, Path], report: LoadReport) -> pd.DataFrame:
+    """NeuSight cuBLAS latencies. Kernel name, grid and occupancy were observed at run time, so only the
+    shape, op and device are kept as inputs."""
+    frames = []
+    for rel, path in sorted(paths.items()):
+        if not rel.startswith("train/"):
+            continue
+        raw = pd.read_csv(path)
+        raw["line"] = [f"{rel}:{i + 2}" for i in range(len(raw))]
+        raw = _check_positive(raw, ("B", "M", "N", "K", "Latency"), report, raw["line"])
+        bad_op = ~raw["OPName"].isin(["bmm", "linear"])
+        for idx in raw.index[bad_op]:
+            report.reject("OPName not bmm/linear", str(raw.at[idx, "line"]))
+        raw = raw.loc[~bad_op]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "device": raw["Device"],
+                    "op": raw["OPName"],
+                    "batch": raw["B"].astype(int),
+                    "m": raw["M"].astype(int),
+                    "n": raw["N"].astype(int),
+                    "k": raw["K"].astype(int),
+                    "dtype": "float32",
+                    "runtime_ms": raw["Latency"].astype(float),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_bundled(directory: Path, report: LoadReport) -> tuple[pd.DataFrame, dict[str, DeviceSpec]]:
+    """A dataset this project measured itself: ``measurements.csv`` plus ``device.json``."""
+    device = DeviceSpec.model_validate(json.loads((directory / "device.json").read_text()))
+    raw = pd.read_csv(directory / "measurements.csv")
+    raw["line"] = np.arange(len(raw)) + 2
+    raw = _check_positive(raw, ("batch", "m", "n", "k", "threads", "runtime_ms"), report, raw["line"])
+    wrong_device = raw["device"] != device.name
+    for idx in raw.index[wrong_device]:
+        report.reject(
+            "device differs from device.json", f"line {raw.at[idx, 'line']!s}: {raw.at[idx, 'device']!r}"
+        )
+    raw = raw.loc[~wrong_device]
+    dup = raw.duplicated("key", keep="first") if "key" in raw else pd.Series(False, index=raw.index)
+    for idx in raw.index[dup]:
+        report.reject("duplicate configuration key", f"line {raw.at[idx, 'line']!s}")
+    return raw.loc[~dup], {device.name: device}
+
+
+LOADERS: dict[str, Callable[[dict[str, Path], LoadReport], pd.DataFrame]] = {
+    "gpperf-rtx4070": load_gpperf,
+    "gpperf-rtx4070-tiled": load_gpperf_tiled,
+    "uci-sgemm": load_uci_sgemm,
+    "neusight-gemm": load_neusight,
+}
+
+
+def bundled_gemm_datasets(settings: Settings) -> dict[str, Path]:
+    """Bundled GEMM datasets: folders of ``PERFCOST_BUNDLED_DATA_DIR`` with measurements and a device."""
+    root = settings.bundled_data_dir
+    if not root.is_dir():
+        return {}
+    return {
+        d.name: d
+        for d in sorted(root.iterdir())
+        if d.is_dir() and all((d / m).is_file() for m in BUNDLED_MARKERS)
+    }
+
+
+def load_gemm(name: str, settings: Settings, catalog: DeviceCatalog | None = None) -> GemmData:
+    """Load one GEMM dataset (public, through the registry, or bundled) as the normalised table."""
+    report = LoadReport(name)
+    bundled = bundled_gemm_datasets(settings)
+    if name in bundled:
+        frame, devices = load_bundled(bundled[name], report)
+        files = [{"file": f"{name}/{m}", "sha256": sha256_of(bundled[name] / m)} for m in BUNDLED_MARKERS]
+    else:
+        spec = get_spec(name)
+        if spec.domain != "gemm":
+            raise DatasetError(f"dataset {name!r} is a {spec.domain} dataset, not GEMM")
+        paths = fetch(spec, settings)
+        frame = LOADERS[name](paths, report)
+        catalog = catalog or DeviceCatalog.default(settings.device_dir)
+        devices = {d: catalog.get(d) for d in sorted(frame["device"].unique())}
+        files = [{"file": f.file, "sha256": f.sha256} for f in spec.files]
+    out = _finish(frame, name)
+    report.rows = len(out)
+    report.log()
+    return GemmData(name=name, frame=out, report=report, devices=devices, files=files)
+
+
+def available_gemm_datasets(settings: Settings) -> list[str]:
+    return [*GEMM_DATASETS, *bundled_gemm_datasets(settings)]

@@ -1,0 +1,50 @@
+"""``perfcost serve``: start the HTTP service, training default models first when there are none."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from service.model import list_versions
+from service.settings import Settings
+from training.train import default_gemm_datasets, train_gemm_model
+
+log = logging.getLogger(__name__)
+
+
+def ensure_default_models(settings: Settings) -> None:
+    """An empty model directory gets a GEMM model from bundled data plus cached or mirrored public data."""
+    if list_versions(settings.model_dir, "gemm"):
+        return
+    datasets = default_gemm_datasets(settings)
+    log.info("no GEMM model in %s: training one on %s", settings.model_dir, ", ".join(datasets))
+    train_gemm_model(datasets, settings)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default PERFCOST_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default PERFCOST_PORT)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default PERFCOST_WORKERS)")
+    ] = None,
+    train_if_empty: Annotated[
+        bool, typer.Option(help="Train default models when the model directory is empty")
+    ] = True,
+) -> None:
+    """Serve predictions over HTTP (OpenAPI docs at /docs)."""
+    settings = Settings()
+    if train_if_empty:
+        ensure_default_models(settings)
+    uvicorn.run(
+        "service.app:app_from_env",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,
+        log_level="info",
+    )

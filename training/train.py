@@ -1,0 +1,163 @@
+"""Stage: train. ``perfcost train gemm`` fits every GEMM target and publishes one model version."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import typer
+from rich.console import Console
+
+from service.devices import DeviceSpec
+from service.features import gemm as gemm_features
+from service.settings import Settings
+from training.data.gemm import GemmData, available_gemm_datasets, load_gemm
+from training.data.registry import DatasetError, get_spec, is_available
+from training.models import CostRegressor, publish
+
+log = logging.getLogger(__name__)
+app = typer.Typer(help="Fit models and publish them into PERFCOST_MODEL_DIR.", no_args_is_help=True)
+
+# target → feature column its log value is measured against (None: the plain log).
+GEMM_TARGETS: dict[str, str | None] = {"runtime_ms": "log_baseline_ms", "power_w": None, "energy_j": None}
+MIN_ROWS = 30
+
+
+@dataclass
+class GemmFit:
+    models: dict[str, tuple[CostRegressor, dict[str, Any]]]
+    devices: dict[str, DeviceSpec]
+
+
+def gemm_log_target(
+    frame: pd.DataFrame, features: pd.DataFrame, target: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with a usable measurement of ``target`` and its log value relative to the target's baseline."""
+    values = frame[target].to_numpy(dtype=float)
+    mask = np.isfinite(values) & (values > 0)
+    y = np.log(values[mask])
+    baseline = GEMM_TARGETS[target]
+    if baseline is not None:
+        y = y - features[baseline].to_numpy(dtype=float)[mask]
+    return mask, y
+
+
+def fit_gemm(frame: pd.DataFrame, devices: dict[str, DeviceSpec], select_by: str = "seen") -> GemmFit:
+    features = gemm_features.build_features(frame, devices)
+    models: dict[str, tuple[CostRegressor, dict[str, Any]]] = {}
+    for target, baseline in GEMM_TARGETS.items():
+        mask, y = gemm_log_target(frame, features, target)
+        if mask.sum() < MIN_ROWS:
+            log.info("%s: %d measured rows, fewer than %d: no model", target, mask.sum(), MIN_ROWS)
+            continue
+        rows = frame.loc[mask]
+        log.info("fitting %s on %d rows from %d devices", target, mask.sum(), rows["device"].nunique())
+        groups = rows["device"].to_numpy()
+        model = CostRegressor(select_by=select_by).fit(features.loc[mask], y, groups=groups)
+        models[target] = (
+            model,
+            {
+                "baseline_column": baseline,
+                "n_train": int(mask.sum()),
+                "devices": sorted(rows["device"].unique()),
+            },
+        )
+    return GemmFit(models=models, devices=devices)
+
+
+def domain_profile(frame: pd.DataFrame) -> dict[str, Any]:
+    """What the training data covered, for out-of-distribution flags at serving time."""
+    numeric = {}
+    for col in ("batch", "m", "n", "k"):
+        values = frame[col].to_numpy(dtype=float)
+        numeric[col] = [float(np.nanmin(values)), float(np.nanmax(values))]
+    flops = gemm_features.flops(frame)
+    numeric["flops"] = [float(flops.min()), float(flops.max())]
+    categories = {
+        col: sorted({str(v) for v in frame[col].dropna().unique()})
+        for col in ("op", "dtype", "layout", "kernel")
+    }
+    return {"ranges": numeric, "categories": categories}
+
+
+def default_gemm_datasets(settings: Settings) -> list[str]:
+    """Bundled data always; public datasets when cached or mirrored (never a surprise download)."""
+    chosen = []
+    for name in available_gemm_datasets(settings):
+        try:
+            spec = get_spec(name)
+        except DatasetError:
+            chosen.append(name)  # bundled
+            continue
+        if is_available(spec, settings):
+            chosen.append(name)
+        else:
+            log.warning(
+                "skipping %s: not cached and not in a mirror (run 'perfcost data fetch %s' or set "
+                "PERFCOST_DATA_MIRROR)",
+                name,
+                name,
+            )
+    return chosen
+
+
+def train_gemm_model(datasets: list[str], settings: Settings, name: str = "gemm") -> str:
+    started = time.perf_counter()
+    loaded: list[GemmData] = [load_gemm(d, settings) for d in datasets]
+    if not loaded:
+        raise DatasetError("no GEMM dataset to train on")
+    frame = pd.concat([d.frame for d in loaded], ignore_index=True)
+    devices: dict[str, DeviceSpec] = {}
+    for d in loaded:
+        devices.update(d.devices)
+    fit = fit_gemm(frame, devices)
+    card = {
+        "domain": "gemm",
+        "feature_version": gemm_features.FEATURE_VERSION,
+        "feature_columns": list(gemm_features.FEATURE_COLUMNS),
+        "datasets": [
+            {"name": d.name, "rows": len(d.frame), "files": d.files, "rejected": d.report.rejected}
+            for d in loaded
+        ],
+        "devices": [spec.model_dump() for spec in devices.values()],
+        "profile": domain_profile(frame),
+        "training_seconds": round(time.perf_counter() - started, 1),
+    }
+    path = publish(settings.model_dir, name, card, fit.models)
+    return path.name
+
+
+@app.command("gemm")
+def train_gemm(
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option("--dataset", "-d", help="Dataset name (repeatable); default: bundled + cached"),
+    ] = None,
+    name: Annotated[str, typer.Option(help="Model name in the registry")] = "gemm",
+) -> None:
+    """Fit runtime, power and energy models on GEMM datasets and publish a new version."""
+    settings = Settings()
+    chosen = dataset or default_gemm_datasets(settings)
+    try:
+        version = train_gemm_model(chosen, settings, name)
+    except DatasetError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--dataset") from exc
+    Console().print(f"published [bold]{name}[/] version {version} to {settings.model_dir / name / version}")
+
+
+@app.command("cpu")
+def train_cpu(name: Annotated[str, typer.Option(help="Model name in the registry")] = "cpu") -> None:
+    """Fit per-benchmark and suite-score models on all SPEC CPU2017 rows and publish one version."""
+    # Imported here: training.cpu imports training.evaluate, which imports this module.
+    from training.cpu import train_cpu_model
+
+    settings = Settings()
+    try:
+        path = train_cpu_model(settings, name)
+    except DatasetError as exc:
+        raise typer.BadParameter(str(exc), param_hint="PERFCOST_DATA_MIRROR / PERFCOST_DATA_HOME") from exc
+    Console().print(f"published [bold]{name}[/] version {path.name} to {path}")

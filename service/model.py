@@ -56,6 +56,21 @@ def calibration_grid(abs_residuals: np.ndarray) -> list[float]:
     return [round(float(v), 6) for v in np.quantile(r, levels, method="higher")]
 
 
+def forest_predict(forest: Any, features: pd.DataFrame) -> np.ndarray:
+    """Mean of a fitted random forest's trees, summed in a fixed order.
+
+    The forest's own predict dispatches every tree through joblib and re-validates the input: ~70 ms for
+    one row here, and with several threads the summation order (so the last bits) varies. Summing the
+    trees' compiled predictors over the float32 matrix sklearn itself would build takes ~1 ms and gives
+    the same value every time; training and serving both call this.
+    """
+    matrix = np.ascontiguousarray(features.to_numpy(dtype=np.float32))
+    total = np.zeros(len(matrix))
+    for tree in forest.estimators_:
+        total += tree.tree_.predict(matrix)[:, 0]
+    return total / len(forest.estimators_)
+
+
 @dataclass
 class Prediction:
     """Per-row value and interval on the original scale."""
@@ -70,7 +85,6 @@ class TargetModel:
     name: str
     estimator: str
     predictor: Any
-    baseline_column: str | None
     calibration: dict[str, list[float]]
     devices: list[str]
 
@@ -79,18 +93,12 @@ class TargetModel:
             # One thread: for request-sized inputs, OpenMP start-up and spin-waiting cost more than the trees.
             raw = self.predictor.predict(features, validate_features=True, num_threads=1)
         else:
-            # The forest's own predict dispatches every tree through joblib and re-validates the input:
-            # ~70 ms for one row here. Averaging the trees' compiled predictors on the float32 matrix that
-            # sklearn itself would build gives identical values in ~1 ms. Columns were checked at load time.
-            matrix = np.ascontiguousarray(features.to_numpy(dtype=np.float32))
-            raw = np.mean([tree.tree_.predict(matrix)[:, 0] for tree in self.predictor.estimators_], axis=0)
+            raw = forest_predict(self.predictor, features)
         return np.asarray(raw, dtype=float).reshape(len(features))
 
     def predict(self, features: pd.DataFrame, coverage: float, seen: np.ndarray) -> Prediction:
         """Value and conformal interval; ``seen`` marks rows whose device this target was trained on."""
         center = self.predict_log(features)
-        if self.baseline_column is not None:
-            center = center + features[self.baseline_column].to_numpy(dtype=float)
         unseen_grid = self.calibration.get("unseen", self.calibration["seen"])
         width = np.where(
             seen, halfwidth(self.calibration["seen"], coverage), halfwidth(unseen_grid, coverage)
@@ -166,7 +174,6 @@ class TabularModel:
                 name=name,
                 estimator=spec["estimator"],
                 predictor=predictor,
-                baseline_column=spec.get("baseline_column"),
                 calibration=spec["calibration"],
                 devices=list(spec.get("devices", [])),
             )

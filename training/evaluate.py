@@ -24,7 +24,7 @@ from service.model import halfwidth
 from service.settings import Settings
 from training.data.gemm import load_gemm
 from training.data.registry import REGISTRY, DatasetError
-from training.train import GEMM_TARGETS, fit_gemm, gemm_log_target
+from training.train import fit_gemm, gemm_log_target
 
 log = logging.getLogger(__name__)
 app = typer.Typer(help="Held-out evaluation: metrics.json and plots under reports/.", no_args_is_help=True)
@@ -95,9 +95,6 @@ def _held_out(
             continue
         X = features.loc[mask]
         center = model.predict(X)
-        baseline = GEMM_TARGETS[target]
-        if baseline is not None:
-            center = center + X[baseline].to_numpy(dtype=float)
         width = halfwidth(model.calibration_.get(regime, model.calibration_["seen"]), COVERAGE)
         rows = test.loc[mask]
         parts.append(

@@ -4,7 +4,8 @@
 ``self``, learned state ends in ``_``; it is fit on named DataFrame columns. It picks the better of a
 LightGBM and a random-forest candidate by K-fold CV on its training data only, keeps the out-of-fold
 residuals as split-conformal calibration ("seen" devices), and, when the rows span three or more devices,
-also runs leave-one-device-out CV for the calibration of devices it never saw ("unseen").
+also runs leave-one-device-out CV for the calibration of devices it never saw ("unseen"). Columns named
+in ``increasing`` are monotone constraints: the prediction never decreases as one of them grows.
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.model_selection import GroupKFold, KFold
 
-from service.model import CARD, calibration_grid, file_sha256
+from service.model import CARD, calibration_grid, file_sha256, forest_predict
 
 log = logging.getLogger(__name__)
 
 CANDIDATES = ("lightgbm", "random_forest")
 
 
-def make_candidate(name: str, n_rows: int, random_state: int) -> BaseEstimator:
+def make_candidate(
+    name: str, n_rows: int, random_state: int, monotone: list[int] | None = None
+) -> BaseEstimator:
+    """A candidate estimator; ``monotone`` holds +1 (non-decreasing) or 0 per feature column."""
     if name == "lightgbm":
         return lgb.LGBMRegressor(
             n_estimators=900 if n_rows > 2000 else 400,
@@ -46,6 +50,8 @@ def make_candidate(name: str, n_rows: int, random_state: int) -> BaseEstimator:
             subsample_freq=1,
             colsample_bytree=0.8,
             reg_lambda=1.0,
+            monotone_constraints=monotone,
+            monotone_constraints_method="advanced",
             random_state=random_state,
             # One thread: LightGBM's OpenMP threads spin-wait, and on a busy machine two of them ran
             # 20x slower than one (measured here); the forest below parallelises over trees instead.
@@ -54,11 +60,12 @@ def make_candidate(name: str, n_rows: int, random_state: int) -> BaseEstimator:
         )
     if name == "random_forest":
         return RandomForestRegressor(
-            n_estimators=120,
-            max_features=0.6,
+            n_estimators=80,
+            max_features=0.5,
             min_samples_leaf=1,
-            # Bootstrap at most 60k rows per tree keeps 240k-row datasets within minutes on 2 cores.
-            max_samples=min(1.0, 60_000 / max(n_rows, 1)),
+            monotonic_cst=monotone,
+            # Bootstrap at most 30k rows per tree keeps 240k-row datasets within minutes on 2 cores.
+            max_samples=min(1.0, 30_000 / max(n_rows, 1)),
             random_state=random_state,
             n_jobs=2,
         )
@@ -79,12 +86,14 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         n_splits: int = 5,
         select_by: str = "seen",
         max_cv_rows: int = 40_000,
+        increasing: tuple[str, ...] = (),
         random_state: int = 0,
     ) -> None:
         self.candidates = candidates
         self.n_splits = n_splits
         self.select_by = select_by
         self.max_cv_rows = max_cv_rows
+        self.increasing = increasing
         self.random_state = random_state
 
     def _oof(self, estimator: BaseEstimator, X: pd.DataFrame, y: np.ndarray, splits: list) -> np.ndarray:
@@ -99,6 +108,10 @@ class CostRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(f"select_by must be 'seen' or 'unseen', got {self.select_by!r}")
         y = np.asarray(y, dtype=float)
         n = len(y)
+        unknown = sorted(set(self.increasing) - set(X.columns))
+        if unknown:
+            raise ValueError(f"increasing names columns X does not have: {unknown}")
+        monotone = [1 if c in self.increasing else 0 for c in X.columns] if self.increasing else None
         if n < 10:
             raise ValueError(f"need at least 10 rows to fit, got {n}")
         # Selection and calibration run on a seeded subsample of large data so that CV stays within
@@ -122,7 +135,7 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         self.cv_scores_: dict[str, dict[str, dict[str, float]]] = {}
         oofs: dict[str, dict[str, np.ndarray]] = {}
         for name in self.candidates:
-            estimator = make_candidate(name, len(cv_idx), self.random_state)
+            estimator = make_candidate(name, len(cv_idx), self.random_state, monotone)
             oofs[name] = {}
             self.cv_scores_[name] = {}
             for regime, splits in regimes.items():
@@ -138,12 +151,14 @@ class CostRegressor(RegressorMixin, BaseEstimator):
                 log.info("  %s %s-device CV: MAPE %.4f", name, regime, self.cv_scores_[name][regime]["mape"])
         self.best_name_ = min(self.candidates, key=lambda c: self.cv_scores_[c][self.select_by]["mape"])
         self.calibration_ = {regime: calibration_grid(res) for regime, res in oofs[self.best_name_].items()}
-        self.estimator_ = make_candidate(self.best_name_, n, self.random_state).fit(X, y)
+        self.estimator_ = make_candidate(self.best_name_, n, self.random_state, monotone).fit(X, y)
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = X.shape[1]
         return self
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
+        if self.best_name_ == "random_forest":
+            return forest_predict(self.estimator_, X.loc[:, list(self.feature_names_in_)])
         return np.asarray(self.estimator_.predict(X), dtype=float)
 
     def save(self, folder: Path, stem: str) -> str:

@@ -22,8 +22,9 @@ from training.models import CostRegressor, publish
 log = logging.getLogger(__name__)
 app = typer.Typer(help="Fit models and publish them into PERFCOST_MODEL_DIR.", no_args_is_help=True)
 
-# target → feature column its log value is measured against (None: the plain log).
-GEMM_TARGETS: dict[str, str | None] = {"runtime_ms": "log_baseline_ms", "power_w": None, "energy_j": None}
+# Targets, learned on the log scale; True: constrained never to decrease as k grows (more work along the
+# reduction dimension can neither shorten a GEMM nor save energy; power has no such law).
+GEMM_TARGETS: dict[str, bool] = {"runtime_ms": True, "power_w": False, "energy_j": True}
 MIN_ROWS = 30
 
 
@@ -36,20 +37,16 @@ class GemmFit:
 def gemm_log_target(
     frame: pd.DataFrame, features: pd.DataFrame, target: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows with a usable measurement of ``target`` and its log value relative to the target's baseline."""
+    """Rows with a usable measurement of ``target`` and its log value."""
     values = frame[target].to_numpy(dtype=float)
     mask = np.isfinite(values) & (values > 0)
-    y = np.log(values[mask])
-    baseline = GEMM_TARGETS[target]
-    if baseline is not None:
-        y = y - features[baseline].to_numpy(dtype=float)[mask]
-    return mask, y
+    return mask, np.log(values[mask])
 
 
 def fit_gemm(frame: pd.DataFrame, devices: dict[str, DeviceSpec], select_by: str = "seen") -> GemmFit:
     features = gemm_features.build_features(frame, devices)
     models: dict[str, tuple[CostRegressor, dict[str, Any]]] = {}
-    for target, baseline in GEMM_TARGETS.items():
+    for target, monotone in GEMM_TARGETS.items():
         mask, y = gemm_log_target(frame, features, target)
         if mask.sum() < MIN_ROWS:
             log.info("%s: %d measured rows, fewer than %d: no model", target, mask.sum(), MIN_ROWS)
@@ -57,11 +54,14 @@ def fit_gemm(frame: pd.DataFrame, devices: dict[str, DeviceSpec], select_by: str
         rows = frame.loc[mask]
         log.info("fitting %s on %d rows from %d devices", target, mask.sum(), rows["device"].nunique())
         groups = rows["device"].to_numpy()
-        model = CostRegressor(select_by=select_by).fit(features.loc[mask], y, groups=groups)
+        increasing = gemm_features.INCREASING_IN_K if monotone else ()
+        model = CostRegressor(select_by=select_by, increasing=increasing).fit(
+            features.loc[mask], y, groups=groups
+        )
         models[target] = (
             model,
             {
-                "baseline_column": baseline,
+                "increasing_in": list(increasing),
                 "n_train": int(mask.sum()),
                 "devices": sorted(rows["device"].unique()),
             },

@@ -4,9 +4,10 @@ Training (``training/``) and serving (``service/``) both call :func:`build_featu
 records :data:`FEATURE_VERSION` and :data:`FEATURE_COLUMNS`, and loading refuses a model whose record
 differs from this module. Change the math here → bump the version.
 
-The models learn ``log(runtime / roofline_time)``: how far a configuration falls short of the
-device's compute and memory peaks. That ratio depends on the shape and kernel far more than on the
-device, which is what lets a model trained on four GPUs say something about a fifth.
+Besides sizes and the device's specs, the features place each configuration against the device's
+roofline (compute- and memory-bound times, plus a launch overhead), its waves of tiles over the SMs or
+cores, and its cache footprint: quantities that carry over from the devices a model was trained on to
+one it was not.
 """
 
 from __future__ import annotations
@@ -67,7 +68,6 @@ DERIVED = (
     "log_t_memory_ms",
     "log_roofline_ms",
     "log_baseline_ms",
-    "memory_bound",
     "intensity_over_ridge",
     "tiles",
     "waves",
@@ -75,7 +75,6 @@ DERIVED = (
     "footprint_over_l2",
     "m_align",
     "n_align",
-    "k_align",
     "min_dim_log",
     "effective_units",
     "is_cpu",
@@ -94,6 +93,25 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     *KERNEL_NUMERIC_FIELDS,
     *(f"dev_{f}" for f in SPEC_FIELDS),
     *DERIVED,
+)
+
+# Features that never decrease when k grows with everything else fixed. Models constrain their output to be
+# non-decreasing in each (LightGBM/sklearn monotone constraints), so predicted runtime and energy never
+# drop as the reduction dimension grows. No other feature may depend on k: that would break the guarantee
+# (hence no k alignment and no memory-bound flag among the features).
+INCREASING_IN_K = (
+    "k",
+    "log_k",
+    "log_flops",
+    "log_bytes",
+    "log_intensity",
+    "log_t_compute_ms",
+    "log_t_memory_ms",
+    "log_roofline_ms",
+    "log_baseline_ms",
+    "intensity_over_ridge",
+    "footprint_over_l2",
+    "min_dim_log",
 )
 
 # Tile assumed when a request names none: a common cuBLAS/CUTLASS threadblock on GPUs, a typical BLAS
@@ -213,13 +231,12 @@ def build_features(rows: pd.DataFrame, devices: Mapping[str, DeviceSpec]) -> pd.
     out["log_roofline_ms"] = np.log(roofline)
     overhead = np.where(is_cpu == 1, LAUNCH_OVERHEAD_MS["cpu"], LAUNCH_OVERHEAD_MS["gpu"])
     out["log_baseline_ms"] = np.log(roofline + overhead)
-    out["memory_bound"] = (t_memory > t_compute).astype(float)
     out["intensity_over_ridge"] = np.log((total_flops / total_bytes) / ridge)
     out["tiles"] = tiles
     out["waves"] = waves
     out["wave_efficiency"] = wave_eff
     out["footprint_over_l2"] = np.log(total_bytes / (out["dev_l2_cache_mb"] * 1024 * 1024))
-    out["m_align"], out["n_align"], out["k_align"] = _align(m), _align(n), _align(k)
+    out["m_align"], out["n_align"] = _align(m), _align(n)
     out["min_dim_log"] = np.log2(np.minimum(np.minimum(m, n), k))
     out["effective_units"] = effective_units
     out["is_cpu"] = is_cpu

@@ -1,0 +1,36 @@
+# perfcost service image. Each RUN step is a command the README and .ci/run also use
+# (tests/code/test_packaging.py checks that they stay the same).
+
+# --- dependencies: their own layer, rebuilt only when the lock changes ---
+FROM python:3.11-slim AS deps
+WORKDIR /app
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY constraints.txt pyproject.toml README.md ./
+RUN python -m pip install --quiet --upgrade pip
+# Install the locked dependency set alone first (no project code yet) so this layer caches.
+RUN python -m pip install --quiet -r constraints.txt
+
+# --- the package and models trained at build time ---
+FROM deps AS build
+COPY service/ service/
+COPY training/ training/
+COPY datasets/ datasets/
+RUN python -m pip install --quiet -c constraints.txt -e .
+# Public data is used when a build arg points at a mirror copied into the context (offline builds).
+ARG PERFCOST_DATA_MIRROR=
+ENV PERFCOST_DATA_MIRROR=${PERFCOST_DATA_MIRROR} PERFCOST_MODEL_DIR=/app/models MPLBACKEND=Agg
+RUN perfcost train gemm
+
+# --- runtime: non-root, models baked in ---
+FROM python:3.11-slim AS runtime
+RUN useradd --create-home --uid 10001 perfcost
+WORKDIR /app
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build --chown=perfcost:perfcost /app /app
+ENV PATH=/opt/venv/bin:$PATH PERFCOST_MODEL_DIR=/app/models PERFCOST_HOST=0.0.0.0 PERFCOST_PORT=8000
+USER perfcost
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=3s --start-period=20s --retries=3 \
+  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
+ENTRYPOINT ["uvicorn", "--factory", "service.app:app_from_env", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,53 @@
+"""The Dockerfile, .ci/run and README must describe the same install and start commands.
+
+There is no Docker engine here, so the image is kept honest by checking that its steps are the commands
+the README and CI run.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dockerfile_runs() -> list[str]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    return [line.removeprefix("RUN ").strip() for line in text.splitlines() if line.startswith("RUN ")]
+
+
+def readme_commands() -> str:
+    return "\n".join(re.findall(r"```(?:bash|sh)?\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S))
+
+
+def test_package_install_step_is_shared() -> None:
+    install = "python -m pip install --quiet -c constraints.txt -e"
+    assert f"{install} ." in dockerfile_runs()
+    assert f'{install} ".[dev]"' in (ROOT / ".ci" / "run").read_text()
+    assert "pip install -c constraints.txt -e ." in readme_commands()
+
+
+def test_models_are_trained_by_the_documented_command() -> None:
+    assert "perfcost train gemm" in dockerfile_runs()
+    assert "perfcost train gemm" in readme_commands()
+
+
+def test_quick_start_is_two_commands_and_ci_runs_the_test_one() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quick start\n.*?```bash\n(.*?)```", readme, flags=re.S)
+    assert block is not None
+    commands = [line for line in block.group(1).splitlines() if line and not line.startswith("#")]
+    assert len(commands) == 2
+    assert commands[0].endswith("perfcost serve")
+    assert commands[1] == "bash .ci/run"
+    assert "python -m pytest -q" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_image_runs_the_same_app_factory_as_perfcost_serve() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    serve = (ROOT / "training" / "serve.py").read_text()
+    assert '"service.app:app_from_env"' in serve
+    assert '"--factory", "service.app:app_from_env"' in dockerfile
+    assert re.search(r"^USER perfcost$", dockerfile, flags=re.M), "the image must not run as root"
+    assert "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile

@@ -1,0 +1,89 @@
+"""Model behaviour on real data: round trip through the registry, monotonic cost, honest intervals."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from service.devices import DeviceCatalog
+from service.domains import gemm
+from service.features import gemm as features
+from service.model import TabularModel, list_versions
+from service.schemas.gemm import GemmInstance
+from service.settings import Settings
+from training.data.gemm import load_gemm
+from training.models import CostRegressor, publish
+from training.train import fit_gemm
+
+RTX = "NVIDIA GeForce RTX 4070"
+
+
+def load_latest(model_dir: Path) -> TabularModel:
+    (path,) = list_versions(model_dir, "gemm")[-1:]
+    return TabularModel(path, features.FEATURE_VERSION, features.FEATURE_COLUMNS).load()
+
+
+def test_train_save_load_predict_round_trip_is_identical(settings: Settings) -> None:
+    data = load_gemm("gpperf-rtx4070-tiled", settings)
+    fit = fit_gemm(data.frame, data.devices)
+    card = {
+        "domain": "gemm",
+        "feature_version": features.FEATURE_VERSION,
+        "feature_columns": list(features.FEATURE_COLUMNS),
+    }
+    path = publish(settings.model_dir, "gemm", card, fit.models)
+    loaded = TabularModel(path, features.FEATURE_VERSION, features.FEATURE_COLUMNS).load()
+    X = features.build_features(data.frame, data.devices)
+    for target, (model, _) in fit.models.items():
+        in_process = model.predict(X)
+        from_disk = loaded.targets[target].predict(X, 0.9, np.ones(len(X), bool)).value
+        np.testing.assert_array_equal(np.exp(in_process), from_disk)
+    on_disk = json.loads((path / "card.json").read_text())
+    assert set(on_disk["files"]) == {p.name for p in path.iterdir() if p.name != "card.json"}
+
+
+def test_runtime_never_decreases_as_k_grows(trained_model_dir: Path) -> None:
+    model = load_latest(trained_model_dir)
+    catalog = DeviceCatalog.default()
+    ks = [256, 512, 1024, 2048, 4096, 8192, 16384]
+    for m, n, tile in itertools.product((512, 2048, 8192), (512, 4096), (8, 16, 32)):
+        instances = [
+            GemmInstance(
+                m=m, n=n, k=k, device=RTX, tile_m=tile, tile_n=tile, tile_k=tile, kernel="gpperf_tiled_matmul"
+            )
+            for k in ks
+        ]
+        runtimes = [row["runtime_ms"]["value"] for row in gemm.predict(instances, 0.9, model, catalog)]
+        assert all(b >= a for a, b in itertools.pairwise(runtimes)), (m, n, tile, runtimes)
+
+
+def test_higher_coverage_never_narrows_intervals(trained_model_dir: Path) -> None:
+    target = load_latest(trained_model_dir).targets["runtime_ms"]
+    rows = pd.DataFrame({"device": [RTX], "m": [1024], "n": [1024], "k": [1024]})
+    X = features.build_features(rows, {RTX: DeviceCatalog.default().get(RTX)})
+    widths = [target.predict(X, c, np.array([True])) for c in (0.5, 0.8, 0.9, 0.95, 0.99)]
+    spans = [float(p.high[0] / p.low[0]) for p in widths]
+    assert all(b >= a for a, b in itertools.pairwise(spans))
+
+
+def test_unseen_device_intervals_are_wider_than_seen(settings: Settings) -> None:
+    """Leave-one-device-out residuals are larger than K-fold ones on NeuSight's five GPUs."""
+    data = load_gemm("neusight-gemm", settings)
+    frame = data.frame.sample(6000, random_state=0)
+    X = features.build_features(frame, data.devices)
+    y = np.log(frame["runtime_ms"].to_numpy())
+    model = CostRegressor(candidates=("lightgbm",), n_splits=3).fit(X, y, groups=frame["device"].to_numpy())
+    assert set(model.calibration_) == {"seen", "unseen"}
+    level = int(np.searchsorted(np.linspace(0, 1, 201), 0.9))
+    assert model.calibration_["unseen"][level] > model.calibration_["seen"][level]
+
+
+def test_selection_rejects_too_few_rows() -> None:
+    X = pd.DataFrame({"a": np.arange(5.0)})
+    with pytest.raises(ValueError, match="at least 10 rows"):
+        CostRegressor().fit(X, np.zeros(5))

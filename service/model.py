@@ -56,7 +56,7 @@ def calibration_grid(abs_residuals: np.ndarray) -> list[float]:
     return [round(float(v), 6) for v in np.quantile(r, levels, method="higher")]
 
 
-def forest_predict(forest: Any, features: pd.DataFrame) -> np.ndarray:
+def forest_predict(forest: Any, features: np.ndarray) -> np.ndarray:
     """Mean of a fitted random forest's trees, summed in a fixed order.
 
     The forest's own predict dispatches every tree through joblib and re-validates the input: ~70 ms for
@@ -64,7 +64,7 @@ def forest_predict(forest: Any, features: pd.DataFrame) -> np.ndarray:
     trees' compiled predictors over the float32 matrix sklearn itself would build takes ~1 ms and gives
     the same value every time; training and serving both call this.
     """
-    matrix = np.ascontiguousarray(features.to_numpy(dtype=np.float32))
+    matrix = np.ascontiguousarray(features, dtype=np.float32)
     total = np.zeros(len(matrix))
     for tree in forest.estimators_:
         total += tree.tree_.predict(matrix)[:, 0]
@@ -88,21 +88,22 @@ class TargetModel:
     calibration: dict[str, list[float]]
     devices: list[str]
 
-    def predict_log(self, features: pd.DataFrame) -> np.ndarray:
+    def predict_log(self, matrix: np.ndarray) -> np.ndarray:
+        """Log-scale prediction from the feature matrix (columns in the card's order, checked at load)."""
         if isinstance(self.predictor, lgb.Booster):
             # One thread: for request-sized inputs, OpenMP start-up and spin-waiting cost more than the trees.
-            raw = self.predictor.predict(features, validate_features=True, num_threads=1)
+            raw = self.predictor.predict(matrix, num_threads=1)
         else:
-            raw = forest_predict(self.predictor, features)
-        return np.asarray(raw, dtype=float).reshape(len(features))
+            raw = forest_predict(self.predictor, matrix)
+        return np.asarray(raw, dtype=float).reshape(len(matrix))
 
-    def predict(self, features: pd.DataFrame, coverage: float, seen: np.ndarray) -> Prediction:
+    def predict(self, matrix: np.ndarray, coverage: float, seen: np.ndarray) -> Prediction:
         """Value and conformal interval; ``seen`` marks rows whose device this target was trained on."""
-        center = self.predict_log(features)
-        unseen_grid = self.calibration.get("unseen", self.calibration["seen"])
-        width = np.where(
-            seen, halfwidth(self.calibration["seen"], coverage), halfwidth(unseen_grid, coverage)
-        )
+        center = self.predict_log(matrix)
+        # Without leave-one-device-out residuals there is no honest interval for a new device: NaN, which
+        # the domain reports as unavailable.
+        unseen = halfwidth(self.calibration["unseen"], coverage) if "unseen" in self.calibration else np.nan
+        width = np.where(seen, halfwidth(self.calibration["seen"], coverage), unseen)
         return Prediction(np.exp(center), np.exp(center - width), np.exp(center + width))
 
 
@@ -170,6 +171,13 @@ class TabularModel:
                     raise ModelLoadError(f"{self.path}: unknown estimator {spec['estimator']!r} for {name}")
             except (lgb.basic.LightGBMError, OSError, EOFError, ValueError) as exc:
                 raise ModelLoadError(f"{self.path}: {spec['file']} cannot be loaded: {exc}") from exc
+            names = (
+                predictor.feature_name()
+                if isinstance(predictor, lgb.Booster)
+                else list(getattr(predictor, "feature_names_in_", []))
+            )
+            if list(names) != list(self.feature_columns):
+                raise ModelLoadError(f"{self.path}: {spec['file']} was fit on other feature columns; retrain")
             targets[name] = TargetModel(
                 name=name,
                 estimator=spec["estimator"],
@@ -183,14 +191,21 @@ class TabularModel:
         return self
 
     def predict(
-        self, features: pd.DataFrame, coverage: float, devices: list[str]
+        self, features: pd.DataFrame | np.ndarray, coverage: float, devices: list[str]
     ) -> dict[str, tuple[Prediction, np.ndarray]]:
-        """Every target's prediction, plus per row whether that target was trained on the row's device."""
-        features = features.loc[:, list(self.feature_columns)]
+        """Every target's prediction, plus per row whether that target was trained on the row's device.
+
+        ``features`` is a table with the feature columns, or a matrix whose columns are already in the
+        card's order (the feature module's ``FEATURE_COLUMNS``, which loading checked).
+        """
+        if isinstance(features, pd.DataFrame):
+            matrix = features.loc[:, list(self.feature_columns)].to_numpy(dtype=float)
+        else:
+            matrix = np.asarray(features, dtype=float)
         out = {}
         for name, target in self.targets.items():
             seen = np.isin(np.asarray(devices, dtype=object), target.devices)
-            out[name] = (target.predict(features, coverage, seen), seen)
+            out[name] = (target.predict(matrix, coverage, seen), seen)
         return out
 
 

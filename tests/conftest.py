@@ -35,10 +35,16 @@ def settings(tmp_path: Path, mirror: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path:
-    """A real GEMM model published once per session from the GPPerf tiled-kernel data (runtime + power)."""
-    from training.train import train_gemm_model
+    """A real GEMM model published once per session: GPPerf's tiled kernel (runtime and power on an RTX
+    4070) plus a 3,000-row sample of NeuSight's five GPUs, so new devices get calibrated intervals."""
+    from dataclasses import replace
+
+    from training.data.gemm import load_gemm
+    from training.train import publish_gemm
 
     root = tmp_path_factory.mktemp("registry")
     settings = Settings(data_mirror=mirror, data_home=root / "cache", model_dir=root / "models")
-    train_gemm_model(["gpperf-rtx4070-tiled"], settings)
+    neusight = load_gemm("neusight-gemm", settings)
+    sample = replace(neusight, frame=neusight.frame.sample(3000, random_state=0).reset_index(drop=True))
+    publish_gemm([load_gemm("gpperf-rtx4070-tiled", settings), sample], settings)
     return root / "models"

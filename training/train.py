@@ -106,8 +106,12 @@ def default_gemm_datasets(settings: Settings) -> list[str]:
 
 
 def train_gemm_model(datasets: list[str], settings: Settings, name: str = "gemm") -> str:
+    """Load the named datasets, fit every GEMM target and publish; returns the new version."""
+    return publish_gemm([load_gemm(d, settings) for d in datasets], settings, name)
+
+
+def publish_gemm(loaded: list[GemmData], settings: Settings, name: str = "gemm") -> str:
     started = time.perf_counter()
-    loaded: list[GemmData] = [load_gemm(d, settings) for d in datasets]
     if not loaded:
         raise DatasetError("no GEMM dataset to train on")
     frame = pd.concat([d.frame for d in loaded], ignore_index=True)
@@ -160,4 +164,25 @@ def train_cpu(name: Annotated[str, typer.Option(help="Model name in the registry
         path = train_cpu_model(settings, name)
     except DatasetError as exc:
         raise typer.BadParameter(str(exc), param_hint="PERFCOST_DATA_MIRROR / PERFCOST_DATA_HOME") from exc
+    Console().print(f"published [bold]{name}[/] version {path.name} to {path}")
+
+
+@app.command("mlir")
+def train_mlir(
+    directory: Annotated[
+        str, typer.Option("--data", help="Directory holding programs.jsonl.gz from 'perfcost collect mlir'")
+    ] = "datasets/mlir-cpu-local",
+    name: Annotated[str, typer.Option(help="Model name in the registry")] = "mlir",
+) -> None:
+    """Fit runtime, instruction, vector-register, spill and utilization models on MLIR programs."""
+    # Imported here: training.mlir imports training.evaluate, which imports this module.
+    from pathlib import Path
+
+    from training.mlir import train_mlir_model
+
+    settings = Settings()
+    try:
+        path = train_mlir_model(settings, Path(directory), name)
+    except DatasetError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from exc
     Console().print(f"published [bold]{name}[/] version {path.name} to {path}")

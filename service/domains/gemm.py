@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from service.devices import DeviceCatalog, DeviceError, DeviceSpec
 from service.features import gemm as features
@@ -62,16 +61,18 @@ def _interval(pred: Prediction, i: int) -> dict[str, float] | None:
     return values if all(np.isfinite(v) for v in values.values()) else None
 
 
-def _ood_reasons(rows: pd.DataFrame, model: TabularModel, trained: dict[str, DeviceSpec]) -> list[list[str]]:
+def _ood_reasons(
+    rows: dict[str, list[Any]], model: TabularModel, trained: dict[str, DeviceSpec]
+) -> list[list[str]]:
     """Why each row lies outside the training data (empty list: inside). Vectorised per check."""
     profile = model.card.get("profile", {})
     ranges = profile.get("ranges", {})
     categories = profile.get("categories", {})
-    reasons: list[list[str]] = [[] for _ in range(len(rows))]
-    devices = rows["device"].to_numpy(dtype=object)
+    reasons: list[list[str]] = [[] for _ in range(len(rows["m"]))]
+    devices = np.array(rows["device"], dtype=object)
     for i in np.flatnonzero(~np.isin(devices, list(trained))):
         reasons[i].append(f"device {devices[i]!r} is not among the {len(trained)} training devices")
-    numeric = {col: rows[col].to_numpy(dtype=float) for col in ("m", "n", "k", "batch")}
+    numeric = {col: np.array(rows[col], dtype=float) for col in ("m", "n", "k", "batch")}
     numeric["flops"] = features.flops(rows)
     for col, values in numeric.items():
         if col not in ranges:
@@ -82,9 +83,8 @@ def _ood_reasons(rows: pd.DataFrame, model: TabularModel, trained: dict[str, Dev
     for col in ("op", "dtype", "layout", "kernel"):
         if col not in categories:
             continue
-        values = rows[col].to_numpy(dtype=object)
         known = set(categories[col])
-        for j, value in enumerate(values):
+        for j, value in enumerate(rows[col]):
             if isinstance(value, str) and value not in known:
                 reasons[j].append(f"{col}={value!r} never seen in training")
     return reasons
@@ -95,13 +95,13 @@ def predict(
 ) -> list[dict[str, Any]]:
     trained = model_devices(model)
     names, specs = resolve_devices(instances, catalog, trained)
-    columns = {col: [getattr(inst, col) for inst in instances] for col in CONFIG_FIELDS}
-    rows = pd.DataFrame({**columns, "device": names})
-    feats = features.build_features(rows, specs)
-    results = model.predict(feats, coverage, names)
+    rows: dict[str, list[Any]] = {col: [getattr(inst, col) for inst in instances] for col in CONFIG_FIELDS}
+    rows["device"] = names
+    matrix = features.feature_matrix(rows, specs)
+    results = model.predict(matrix, coverage, names)
     ood = _ood_reasons(rows, model, trained)
     flops = features.flops(rows)
-    peak_flops = feats["peak_gflops"].to_numpy() * 1e9
+    peak_flops = matrix[:, features.FEATURE_COLUMNS.index("peak_gflops")] * 1e9
 
     out = []
     for i, inst in enumerate(instances):
@@ -117,6 +117,12 @@ def predict(
                 row[target] = None
                 row["unavailable"][target] = (
                     f"{target} was measured only on {measured_on}; no model for {names[i]!r}"
+                )
+            elif not seen[i] and "unseen" not in model.targets[target].calibration:
+                row[target] = None
+                row["unavailable"][target] = (
+                    f"{target} was trained on {len(model.targets[target].devices)} device(s) only: "
+                    f"too few to know its error on {names[i]!r}, so no number is given"
                 )
             else:
                 row[target] = _interval(pred, i)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import CatalogDep, RegistryDep, SettingsDep, SnapshotDep
+from service.model import TabularModel
 
 router = APIRouter(tags=["models"])
 
@@ -24,23 +25,38 @@ CARD_FIELDS = (
 )
 
 
+def _public_card(model: TabularModel) -> dict[str, Any]:
+    card = {key: model.card.get(key) for key in CARD_FIELDS}
+    card["targets"] = {
+        name: {
+            "estimator": spec["estimator"],
+            "n_train": spec.get("n_train"),
+            "devices": spec.get("devices"),
+            "cv": spec.get("cv"),
+        }
+        for name, spec in model.card.get("targets", {}).items()
+    }
+    return card
+
+
 @router.get("/v1/models")
 async def models(snapshot: SnapshotDep) -> dict[str, Any]:
-    loaded = []
-    for model in snapshot.models.values():
-        card = {key: model.card.get(key) for key in CARD_FIELDS}
-        card["targets"] = {
-            name: {
-                "estimator": spec["estimator"],
-                "n_train": spec.get("n_train"),
-                "devices": spec.get("devices"),
-                "cv": spec.get("cv"),
-            }
-            for name, spec in model.card.get("targets", {}).items()
-        }
-        loaded.append(card)
     refused = [{"model": r.model, "version": r.version, "reason": r.reason} for r in snapshot.refused]
-    return {"models": loaded, "refused": refused}
+    return {"models": [_public_card(m) for m in snapshot.models.values()], "refused": refused}
+
+
+@router.get("/v1/models/{name}")
+async def model_card(name: str, snapshot: SnapshotDep) -> dict[str, Any]:
+    """One loaded model's card. Names are looked up among loaded models, never on the filesystem."""
+    model = snapshot.get(name)
+    if model is None:
+        raise HTTPException(
+            status_code=404,
+            detail=[
+                {"field": "name", "reason": f"no loaded model named {name!r}; GET /v1/models lists them"}
+            ],
+        )
+    return _public_card(model)
 
 
 @router.get("/v1/devices")

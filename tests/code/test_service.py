@@ -79,13 +79,28 @@ def test_wider_coverage_gives_wider_intervals(client: TestClient) -> None:
 
 
 def test_unseen_device_gets_runtime_but_no_invented_power(client: TestClient) -> None:
-    row = predict(client, {"m": 512, "n": 512, "k": 512, "device": "tesla t4"}).json()["predictions"][0]
+    row = predict(client, {"m": 512, "n": 512, "k": 512, "device": "nvidia l4"}).json()["predictions"][0]
     assert row["runtime_ms"]["value"] > 0
-    assert (
-        row["power_w"] is None and "measured only on NVIDIA GeForce RTX 4070" in row["unavailable"]["power_w"]
-    )
+    assert row["power_w"] is None
+    assert "measured only on NVIDIA GeForce RTX 4070" in row["unavailable"]["power_w"]
     assert row["out_of_distribution"]
-    assert any("Tesla T4" in reason for reason in row["ood_reasons"])
+    assert any("NVIDIA L4" in reason for reason in row["ood_reasons"])
+
+
+def test_device_seen_in_training_is_not_flagged(client: TestClient) -> None:
+    row = predict(client, {"m": 512, "n": 512, "k": 512, "op": "bmm", "batch": 4, "device": "Tesla T4"})
+    assert row.json()["predictions"][0]["ood_reasons"] == []
+
+
+def test_single_device_model_gives_no_number_for_another_device(tmp_path: Path, mirror: Path) -> None:
+    from training.train import train_gemm_model
+
+    settings = Settings(data_mirror=mirror, model_dir=tmp_path / "models")
+    train_gemm_model(["gpperf-rtx4070-tiled"], settings)
+    with make_client(settings.model_dir) as c:
+        row = predict(c, {"m": 512, "n": 512, "k": 512, "device": "Tesla T4"}).json()["predictions"][0]
+    assert row["runtime_ms"] is None and row["utilization"] is None
+    assert "trained on 1 device(s) only" in row["unavailable"]["runtime_ms"]
 
 
 def test_inline_device_spec(client: TestClient) -> None:
@@ -200,6 +215,16 @@ def test_models_devices_health_and_metrics(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'perfcost_requests_total{method="POST",route="/v1/gemm/predict",status="200"}' in text
     assert "perfcost_model_loaded{" in text
+
+
+def test_model_card_by_name_and_unknown_or_traversing_names(client: TestClient) -> None:
+    assert client.get("/v1/models/gemm").json()["name"] == "gemm"
+    for name in ("nope", "..%2F..%2Fetc%2Fpasswd", "%2E%2E", "../../etc/passwd"):
+        r = client.get(f"/v1/models/{name}")
+        assert r.status_code == 404, name
+        assert r.json()["detail"][0]["reason"], name
+    r = client.get("/v1/models/%2E%2E")
+    assert "no loaded model named '..'" in r.json()["detail"][0]["reason"]
 
 
 def test_no_model_means_alive_but_not_ready(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ def test_train_save_load_predict_round_trip_is_identical(settings: Settings) -> 
     X = features.build_features(data.frame, data.devices)
     for target, (model, _) in fit.models.items():
         in_process = model.predict(X)
-        from_disk = loaded.targets[target].predict(X, 0.9, np.ones(len(X), bool)).value
+        from_disk = loaded.targets[target].predict(X.to_numpy(dtype=float), 0.9, np.ones(len(X), bool)).value
         np.testing.assert_array_equal(np.exp(in_process), from_disk)
     on_disk = json.loads((path / "card.json").read_text())
     assert set(on_disk["files"]) == {p.name for p in path.iterdir() if p.name != "card.json"}
@@ -66,7 +66,8 @@ def test_higher_coverage_never_narrows_intervals(trained_model_dir: Path) -> Non
     target = load_latest(trained_model_dir).targets["runtime_ms"]
     rows = pd.DataFrame({"device": [RTX], "m": [1024], "n": [1024], "k": [1024]})
     X = features.build_features(rows, {RTX: DeviceCatalog.default().get(RTX)})
-    widths = [target.predict(X, c, np.array([True])) for c in (0.5, 0.8, 0.9, 0.95, 0.99)]
+    matrix = X.to_numpy(dtype=float)
+    widths = [target.predict(matrix, c, np.array([True])) for c in (0.5, 0.8, 0.9, 0.95, 0.99)]
     spans = [float(p.high[0] / p.low[0]) for p in widths]
     assert all(b >= a for a, b in itertools.pairwise(spans))
 

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from service import __version__
+from service.batching import MicroBatcher
 from service.devices import DeviceCatalog
 from service.features import gemm as gemm_features
 from service.registry import FeatureSpec, ModelRegistry
@@ -164,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry
     app.state.catalog = catalog
+    app.state.batcher = MicroBatcher()
     app.state.reload = reload
     app.include_router(health.router)
     app.include_router(models.router)

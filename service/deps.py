@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from service.batching import MicroBatcher
 from service.devices import DeviceCatalog
 from service.model import TabularModel
 from service.registry import ModelRegistry, Snapshot
@@ -25,6 +26,10 @@ def get_snapshot(request: Request) -> Snapshot:
     return request.app.state.registry.snapshot  # type: ignore[no-any-return]
 
 
+def get_batcher(request: Request) -> MicroBatcher:
+    return request.app.state.batcher  # type: ignore[no-any-return]
+
+
 def get_catalog(request: Request) -> DeviceCatalog:
     return request.app.state.catalog  # type: ignore[no-any-return]
 
@@ -33,6 +38,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SnapshotDep = Annotated[Snapshot, Depends(get_snapshot)]
 CatalogDep = Annotated[DeviceCatalog, Depends(get_catalog)]
+BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 
 
 def require_model(snapshot: Snapshot, name: str) -> TabularModel:

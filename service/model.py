@@ -116,6 +116,8 @@ class TabularModel:
         self.feature_columns = feature_columns
         self.card: dict[str, Any] = {}
         self.targets: dict[str, TargetModel] = {}
+        # Data a domain derives from the card once per loaded version (e.g. parsed device specs).
+        self.cache: dict[str, Any] = {}
 
     @property
     def name(self) -> str:

@@ -29,8 +29,13 @@ class UnknownDeviceError(LookupError):
 
 
 def model_devices(model: TabularModel) -> dict[str, DeviceSpec]:
-    """Specs of the devices a model was trained on, as recorded in its card."""
-    return {d["name"]: DeviceSpec.model_validate(d) for d in model.card.get("devices", [])}
+    """Specs of the devices a model was trained on, as recorded in its card (parsed once per version)."""
+    if "gemm_devices" not in model.cache:
+        model.cache["gemm_devices"] = {
+            d["name"]: DeviceSpec.model_validate(d) for d in model.card.get("devices", [])
+        }
+    devices: dict[str, DeviceSpec] = model.cache["gemm_devices"]
+    return devices
 
 
 def resolve_devices(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from service.model import file_sha256
 from service.settings import Settings
 from training.data.registry import (
     REGISTRY,
@@ -20,7 +21,6 @@ from training.data.registry import (
     fetch,
     get_spec,
     is_available,
-    sha256_of,
 )
 
 SMALL = "uci-computer-hardware"  # two small files: quick to serve and hash
@@ -80,7 +80,7 @@ def test_download_over_http_caches_and_verifies(tmp_path: Path, http_mirror: str
     paths = fetch(spec, settings, progressbar=False)
     for f in spec.files:
         assert paths[f.file] == tmp_path / "cache" / SMALL / f.file
-        assert sha256_of(paths[f.file]) == f.sha256
+        assert file_sha256(paths[f.file]) == f.sha256
     assert is_available(spec, settings)
 
 

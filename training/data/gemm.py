@@ -22,8 +22,9 @@ import pandas as pd
 
 from service.devices import DeviceCatalog, DeviceSpec
 from service.features.gemm import CLTUNE_FIELDS, CONFIG_COLUMNS
+from service.model import file_sha256
 from service.settings import Settings
-from training.data.registry import REGISTRY, DatasetError, fetch, get_spec, sha256_of
+from training.data.registry import REGISTRY, DatasetError, fetch, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +317,7 @@ def load_gemm(name: str, settings: Settings, catalog: DeviceCatalog | None = Non
     bundled = bundled_gemm_datasets(settings)
     if name in bundled:
         frame, devices = load_bundled(bundled[name], report)
-        files = [{"file": f"{name}/{m}", "sha256": sha256_of(bundled[name] / m)} for m in BUNDLED_MARKERS]
+        files = [{"file": f"{name}/{m}", "sha256": file_sha256(bundled[name] / m)} for m in BUNDLED_MARKERS]
     else:
         spec = get_spec(name)
         if spec.domain != "gemm":

@@ -9,7 +9,6 @@ match is never used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 import pooch
 import requests
 
+from service.model import file_sha256
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,14 +82,6 @@ def get_spec(name: str) -> DatasetSpec:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _mirror_path(spec: DatasetSpec, f: DatasetFile, settings: Settings) -> Path | None:
     return settings.data_mirror / spec.name / f.file if settings.data_mirror else None
 
@@ -111,14 +103,14 @@ def fetch_file(spec: DatasetSpec, f: DatasetFile, settings: Settings, progressba
     """Path of one verified file of a dataset, downloading it into the cache when needed."""
     mirror = _mirror_path(spec, f, settings)
     if mirror is not None and mirror.is_file():
-        if sha256_of(mirror) != f.sha256:
+        if file_sha256(mirror) != f.sha256:
             raise DatasetError(
                 f"{spec.name}: {f.file} in the mirror {settings.data_mirror} fails its sha256 check; "
                 "the file was not used. Replace it with the published file or unset PERFCOST_DATA_MIRROR."
             )
         return mirror
     cached = _cache_path(spec, f, settings)
-    if cached.is_file() and sha256_of(cached) == f.sha256:
+    if cached.is_file() and file_sha256(cached) == f.sha256:
         return cached
     fetcher = pooch.create(
         path=settings.data_home / spec.name,

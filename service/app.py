@@ -126,9 +126,19 @@ class BodyTooLarge(Exception):
     pass
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
+def _field_path(error: Any) -> str:
+    """Dotted path of the offending field (``instances.0.m``); ``body`` when the JSON itself is malformed."""
+    if error.get("type") == "json_invalid":
+        return "body"
+    parts = [str(p) for p in error.get("loc", ()) if p != "body"]
     return ".".join(parts) or "body"
+
+
+def _reason(error: Any) -> str:
+    """The validation message, with the parser's own explanation for malformed JSON."""
+    message = str(error.get("msg", "invalid"))
+    detail = (error.get("ctx") or {}).get("error")
+    return f"{message}: {detail}" if detail and error.get("type") == "json_invalid" else message
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -177,10 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = [
-            {"field": _field_path(tuple(e.get("loc", ()))), "reason": e.get("msg", "invalid")}
-            for e in exc.errors()
-        ]
+        detail = [{"field": _field_path(e), "reason": _reason(e)} for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

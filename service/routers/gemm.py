@@ -10,10 +10,11 @@ from starlette.concurrency import run_in_threadpool
 
 from service.deps import BatcherDep, CatalogDep, SettingsDep, SnapshotDep, check_batch, require_model
 from service.domains import gemm
+from service.routing import StrictJSONRoute
 from service.schemas.common import ErrorResponse
 from service.schemas.gemm import GemmPredictRequest, GemmPredictResponse
 
-router = APIRouter(prefix="/v1/gemm", tags=["gemm"])
+router = APIRouter(prefix="/v1/gemm", tags=["gemm"], route_class=StrictJSONRoute)
 MODEL = "gemm"
 # Larger requests are already batches: they run in a worker thread instead of joining a micro-batch.
 MICRO_BATCH_MAX_INSTANCES = 64

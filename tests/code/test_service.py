@@ -159,6 +159,29 @@ def test_nan_and_infinity_are_rejected(client: TestClient) -> None:
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "coverage"
 
 
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"instances": [{"m": 8, "m": 9, "n": 8, "k": 8, "device": "Tesla T4"}]}', "duplicated key 'm'"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"instances": [{"m": 8, "n": 8, "k": 8, "device": "\xff\xfe"}]}', "not UTF-8"),
+        (b'{"instances": [', "JSON decode error"),
+    ],
+)
+def test_malformed_json_is_422_naming_the_body(client: TestClient, body: bytes, reason: str) -> None:
+    r = client.post("/v1/gemm/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    detail = r.json()["detail"][0]
+    assert detail["field"] == "body" and reason in detail["reason"]
+
+
+def test_ten_mib_body_is_413(client: TestClient) -> None:
+    r = client.post(
+        "/v1/gemm/predict", content=b" " * (10 * 1024 * 1024), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413
+
+
 def test_empty_batch_is_422(client: TestClient) -> None:
     r = client.post("/v1/gemm/predict", json={"instances": []})
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "instances"

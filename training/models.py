@@ -158,7 +158,9 @@ class CostRegressor(RegressorMixin, BaseEstimator):
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         if self.best_name_ == "random_forest":
-            return forest_predict(self.estimator_, X.loc[:, list(self.feature_names_in_)].to_numpy(dtype=float))
+            return forest_predict(
+                self.estimator_, X.loc[:, list(self.feature_names_in_)].to_numpy(dtype=float)
+            )
         return np.asarray(self.estimator_.predict(X), dtype=float)
 
     def save(self, folder: Path, stem: str) -> str:

@@ -27,9 +27,10 @@ from starlette.responses import Response
 from service import __version__
 from service.batching import MicroBatcher
 from service.devices import DeviceCatalog
+from service.features import cpu as cpu_features
 from service.features import gemm as gemm_features
 from service.registry import FeatureSpec, ModelRegistry
-from service.routers import gemm, health, models
+from service.routers import cpu, gemm, health, models
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-FEATURES = {"gemm": FeatureSpec(gemm_features.FEATURE_VERSION, gemm_features.FEATURE_COLUMNS)}
+FEATURES = {
+    "gemm": FeatureSpec(gemm_features.FEATURE_VERSION, gemm_features.FEATURE_COLUMNS),
+    "cpu": FeatureSpec(cpu_features.FEATURE_VERSION, cpu_features.FEATURE_COLUMNS),
+}
 
 
 class Metrics:
@@ -180,6 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(gemm.router)
+    app.include_router(cpu.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

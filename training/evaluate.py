@@ -86,7 +86,7 @@ def summarize(predictions: pd.DataFrame, dataset: str, protocol: str, n_train: i
 def _held_out(
     train: pd.DataFrame, test: pd.DataFrame, devices: dict, select_by: str, regime: str
 ) -> pd.DataFrame:
-    fit = fit_gemm(train, devices, select_by=select_by)
+    fit = fit_gemm(train, devices, select_by=select_by, regimes=(regime,))
     features = gemm_features.build_features(test, devices)
     parts = []
     for target, (model, _) in fit.models.items():
@@ -270,3 +270,25 @@ def evaluate_cpu(
     for name, values in metrics.get("baseline", {}).items():
         console.print(f"baseline {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
     console.print(f"wrote {folder / 'metrics.json'} and plots")
+
+
+@app.command("mlir")
+def evaluate_mlir(
+    directory: Annotated[
+        Path, typer.Option("--data", help="Directory holding programs.jsonl.gz from 'perfcost collect mlir'")
+    ] = Path("datasets") / "mlir-cpu-local",
+    protocol: Annotated[
+        str, typer.Option(help="random (80/20, seed 0) or group-family (leave one program family out)")
+    ] = "random",
+) -> None:
+    """Evaluate the MLIR cost models on held-out programs: metrics.json, plots and a table."""
+    # Imported here: training.mlir imports this module (point_metrics).
+    from training.mlir import PROTOCOLS as MLIR_PROTOCOLS
+    from training.mlir import evaluate_cli
+
+    if protocol not in MLIR_PROTOCOLS:
+        raise typer.BadParameter(f"must be one of {', '.join(MLIR_PROTOCOLS)}", param_hint="--protocol")
+    try:
+        evaluate_cli(directory, protocol, Settings())
+    except DatasetError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from exc

@@ -87,6 +87,7 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         select_by: str = "seen",
         max_cv_rows: int = 40_000,
         increasing: tuple[str, ...] = (),
+        regimes: tuple[str, ...] = ("seen", "unseen"),
         random_state: int = 0,
     ) -> None:
         self.candidates = candidates
@@ -94,6 +95,7 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         self.select_by = select_by
         self.max_cv_rows = max_cv_rows
         self.increasing = increasing
+        self.regimes = regimes
         self.random_state = random_state
 
     def _oof(self, estimator: BaseEstimator, X: pd.DataFrame, y: np.ndarray, splits: list) -> np.ndarray:
@@ -104,8 +106,10 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         return oof
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None = None) -> CostRegressor:
-        if self.select_by not in ("seen", "unseen"):
-            raise ValueError(f"select_by must be 'seen' or 'unseen', got {self.select_by!r}")
+        if self.select_by not in ("seen", "unseen") or self.select_by not in self.regimes:
+            raise ValueError(
+                f"select_by must be one of the computed regimes {self.regimes}, got {self.select_by!r}"
+            )
         y = np.asarray(y, dtype=float)
         n = len(y)
         unknown = sorted(set(self.increasing) - set(X.columns))
@@ -125,9 +129,11 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         X_cv, y_cv = X.iloc[cv_idx], y[cv_idx]
         g_cv = groups[cv_idx] if groups is not None else None
         n_splits = min(self.n_splits, len(cv_idx))
-        regimes = {"seen": list(KFold(n_splits, shuffle=True, random_state=self.random_state).split(X_cv))}
+        regimes = {}
+        if "seen" in self.regimes:
+            regimes["seen"] = list(KFold(n_splits, shuffle=True, random_state=self.random_state).split(X_cv))
         n_groups = len(np.unique(g_cv)) if g_cv is not None else 0
-        if n_groups >= 3:
+        if n_groups >= 3 and "unseen" in self.regimes:
             regimes["unseen"] = list(GroupKFold(min(n_groups, 5)).split(X_cv, y_cv, g_cv))
         if self.select_by == "unseen" and "unseen" not in regimes:
             raise ValueError("select_by='unseen' needs rows from at least three devices")

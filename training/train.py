@@ -43,7 +43,14 @@ def gemm_log_target(
     return mask, np.log(values[mask])
 
 
-def fit_gemm(frame: pd.DataFrame, devices: dict[str, DeviceSpec], select_by: str = "seen") -> GemmFit:
+def fit_gemm(
+    frame: pd.DataFrame,
+    devices: dict[str, DeviceSpec],
+    select_by: str = "seen",
+    regimes: tuple[str, ...] = ("seen", "unseen"),
+) -> GemmFit:
+    """Fit every GEMM target with measurements; ``regimes`` are the calibrations to compute (evaluation
+    asks only for the one its protocol uses)."""
     features = gemm_features.build_features(frame, devices)
     models: dict[str, tuple[CostRegressor, dict[str, Any]]] = {}
     for target, monotone in GEMM_TARGETS.items():
@@ -55,7 +62,7 @@ def fit_gemm(frame: pd.DataFrame, devices: dict[str, DeviceSpec], select_by: str
         log.info("fitting %s on %d rows from %d devices", target, mask.sum(), rows["device"].nunique())
         groups = rows["device"].to_numpy()
         increasing = gemm_features.INCREASING_IN_K if monotone else ()
-        model = CostRegressor(select_by=select_by, increasing=increasing).fit(
+        model = CostRegressor(select_by=select_by, increasing=increasing, regimes=regimes).fit(
             features.loc[mask], y, groups=groups
         )
         models[target] = (

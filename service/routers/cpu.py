@@ -1,0 +1,55 @@
+"""``/v1/cpu``: SPEC CPU2017 benchmark ratios and suite scores of CPU systems."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.deps import BatcherDep, SettingsDep, SnapshotDep, check_batch, require_model
+from service.domains import cpu
+from service.routing import StrictJSONRoute
+from service.schemas.common import ErrorResponse
+from service.schemas.cpu import CpuBenchmarksResponse, CpuPredictRequest, CpuPredictResponse
+
+router = APIRouter(prefix="/v1/cpu", tags=["cpu"], route_class=StrictJSONRoute)
+MODEL = "cpu"
+# Larger requests are already batches: they run in a worker thread instead of joining a micro-batch.
+MICRO_BATCH_MAX_INSTANCES = 64
+
+
+@router.post(
+    "/predict",
+    response_model=CpuPredictResponse,
+    responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+)
+async def predict(
+    request: CpuPredictRequest, snapshot: SnapshotDep, settings: SettingsDep, batcher: BatcherDep
+) -> JSONResponse:
+    check_batch(len(request.instances), settings)
+    model = require_model(snapshot, MODEL)
+    try:
+        cpu.get_suite(model, request.suite)
+    except cpu.UnknownSuiteError as exc:
+        raise HTTPException(status_code=422, detail=[{"field": "suite", "reason": str(exc)}]) from exc
+    try:
+        cpu.check_instances(request.instances)
+    except cpu.InvalidSpecError as exc:
+        raise HTTPException(status_code=422, detail=[{"field": exc.field, "reason": str(exc)}]) from exc
+    run = partial(cpu.predict, coverage=request.coverage, suite=request.suite, model=model)
+    if len(request.instances) > MICRO_BATCH_MAX_INSTANCES:
+        rows = await run_in_threadpool(run, request.instances)
+    else:
+        rows = await batcher.submit(
+            (MODEL, id(model), request.coverage, request.suite), request.instances, run
+        )
+    return JSONResponse(
+        {"model": model.name, "version": model.version, "suite": request.suite, "predictions": rows}
+    )
+
+
+@router.get("/benchmarks", response_model=CpuBenchmarksResponse, responses={503: {"model": ErrorResponse}})
+async def benchmarks(snapshot: SnapshotDep) -> JSONResponse:
+    return JSONResponse(cpu.benchmarks(require_model(snapshot, MODEL)))

@@ -10,18 +10,29 @@ import uvicorn
 
 from service.model import list_versions
 from service.settings import Settings
+from training.cpu import train_cpu_model
+from training.data.registry import get_spec, is_available
 from training.train import default_gemm_datasets, train_gemm_model
 
 log = logging.getLogger(__name__)
 
 
 def ensure_default_models(settings: Settings) -> None:
-    """An empty model directory gets a GEMM model from bundled data plus cached or mirrored public data."""
-    if list_versions(settings.model_dir, "gemm"):
-        return
-    datasets = default_gemm_datasets(settings)
-    log.info("no GEMM model in %s: training one on %s", settings.model_dir, ", ".join(datasets))
-    train_gemm_model(datasets, settings)
+    """Train what the model directory lacks: a GEMM model from bundled data plus cached or mirrored public
+    data, and a CPU model when SPEC CPU2017 is cached or mirrored (otherwise say how to add it)."""
+    if not list_versions(settings.model_dir, "gemm"):
+        datasets = default_gemm_datasets(settings)
+        log.info("no GEMM model in %s: training one on %s", settings.model_dir, ", ".join(datasets))
+        train_gemm_model(datasets, settings)
+    if not list_versions(settings.model_dir, "cpu"):
+        if is_available(get_spec("spec-cpu2017"), settings):
+            log.info("no CPU model in %s: training one on spec-cpu2017 (a few minutes)", settings.model_dir)
+            train_cpu_model(settings)
+        else:
+            log.warning(
+                "no CPU model: spec-cpu2017 is neither cached nor mirrored; run 'perfcost data fetch "
+                "spec-cpu2017' (or set PERFCOST_DATA_MIRROR) and restart to serve /v1/cpu/predict"
+            )
 
 
 def serve(

@@ -6,10 +6,11 @@ FROM python:3.11-slim AS deps
 WORKDIR /app
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY constraints.txt pyproject.toml README.md ./
+COPY requirements-service.txt constraints.txt pyproject.toml README.md ./
 RUN python -m pip install --quiet --upgrade pip
-# Install the locked dependency set alone first (no project code yet) so this layer caches.
-RUN python -m pip install --quiet -r constraints.txt
+# The service's locked dependency set alone first (no project code yet), so this layer caches.
+# requirements-service.txt is `uv pip compile pyproject.toml` without extras: no IREE, no test tools.
+RUN python -m pip install --quiet -r requirements-service.txt
 
 # --- the package and models trained at build time ---
 FROM deps AS build

@@ -29,8 +29,9 @@ from service.batching import MicroBatcher
 from service.devices import DeviceCatalog
 from service.features import cpu as cpu_features
 from service.features import gemm as gemm_features
+from service.features import mlir as mlir_features
 from service.registry import FeatureSpec, ModelRegistry
-from service.routers import cpu, gemm, health, models
+from service.routers import cpu, gemm, health, mlir, models
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 FEATURES = {
     "gemm": FeatureSpec(gemm_features.FEATURE_VERSION, gemm_features.FEATURE_COLUMNS),
     "cpu": FeatureSpec(cpu_features.FEATURE_VERSION, cpu_features.FEATURE_COLUMNS),
+    "mlir": FeatureSpec(mlir_features.FEATURE_VERSION, mlir_features.FEATURE_COLUMNS),
 }
 
 
@@ -185,6 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(gemm.router)
     app.include_router(cpu.router)
+    app.include_router(mlir.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

@@ -704,5 +704,48 @@ def _run(
         )
 
 
+@app.command("mlir")
+def mlir(
+    out: Annotated[Path, typer.Option("--out", help="Output directory (created; rerun to resume).")] = Path(
+        "datasets"
+    )
+    / "mlir-cpu-local",
+    per_family: Annotated[
+        int, typer.Option("--per-family", help="Programs per family in the sweep (15 families).")
+    ] = 220,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N programs.")] = None,
+    repetitions: Annotated[
+        int, typer.Option("--repetitions", help="Benchmark repetitions per program (median, spread).")
+    ] = 5,
+    min_time: Annotated[
+        float, typer.Option("--min-time", help="Seconds per repetition (and of warm-up).")
+    ] = 0.02,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="IREE worker threads (default: usable CPUs).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the sweep's size; measure nothing.")
+    ] = False,
+) -> None:
+    """Generate MLIR programs, compile them with IREE for this CPU and benchmark them (resumable)."""
+    # Imported here: the MLIR collector imports this module's helpers.
+    from training import collect_mlir
+
+    if per_family < 1:
+        raise typer.BadParameter(f"must be at least 1, got {per_family}", param_hint="'--per-family'")
+    if limit is not None and limit < 1:
+        raise typer.BadParameter(f"must be at least 1, got {limit}", param_hint="'--limit'")
+    if repetitions < 5:
+        raise typer.BadParameter(f"must be at least 5, got {repetitions}", param_hint="'--repetitions'")
+    if not (math.isfinite(min_time) and 0 < min_time <= 60):
+        raise typer.BadParameter(f"must be in (0, 60] seconds, got {min_time}", param_hint="'--min-time'")
+    cpus = os.cpu_count() or 1
+    if threads is not None and not 1 <= threads <= cpus:
+        raise typer.BadParameter(f"must be between 1 and {cpus}, got {threads}", param_hint="'--threads'")
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="'--out'")
+    collect_mlir.run_cli(out, per_family, limit, repetitions, min_time, threads, dry_run)
+
+
 if __name__ == "__main__":
     app()

@@ -95,7 +95,7 @@ def _held_out(
             continue
         X = features.loc[mask]
         center = model.predict(X)
-        width = halfwidth(model.calibration_.get(regime, model.calibration_["seen"]), COVERAGE)
+        width = halfwidth(model.calibration_[regime], COVERAGE)
         rows = test.loc[mask]
         parts.append(
             pd.DataFrame(

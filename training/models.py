@@ -37,18 +37,22 @@ CANDIDATES = ("lightgbm", "random_forest")
 
 
 def make_candidate(
-    name: str, n_rows: int, random_state: int, monotone: list[int] | None = None
+    name: str, n_rows: int, random_state: int, monotone: list[int] | None = None, fit_rows: int | None = None
 ) -> BaseEstimator:
-    """A candidate estimator; ``monotone`` holds +1 (non-decreasing) or 0 per feature column."""
+    """A candidate configured for ``n_rows`` of training data (the deployed fit), to be fit on ``fit_rows``
+    rows (fewer in cross-validation); ``monotone`` holds +1 (non-decreasing) or 0 per feature column."""
     if name == "lightgbm":
+        # Capacity grows with the data: the 241k-row UCI SGEMM grid of 14 tile parameters needs 255-leaf
+        # trees and 2,000 rounds to reach 1.9% MAPE (0.9k rounds of 127 leaves: 5.4%, measured here).
+        large = n_rows > 100_000
         return lgb.LGBMRegressor(
-            n_estimators=900 if n_rows > 2000 else 400,
-            learning_rate=0.05,
-            num_leaves=127 if n_rows > 20_000 else 31,
+            n_estimators=2000 if large else 900 if n_rows > 2000 else 400,
+            learning_rate=0.1 if large else 0.05,
+            num_leaves=255 if large else 127 if n_rows > 20_000 else 31,
             min_child_samples=5 if n_rows > 2000 else 3,
             subsample=0.8,
             subsample_freq=1,
-            colsample_bytree=0.8,
+            colsample_bytree=1.0 if large else 0.8,
             reg_lambda=1.0,
             monotone_constraints=monotone,
             monotone_constraints_method="advanced",
@@ -65,7 +69,7 @@ def make_candidate(
             min_samples_leaf=1,
             monotonic_cst=monotone,
             # Bootstrap at most 30k rows per tree keeps 240k-row datasets within minutes on 2 cores.
-            max_samples=min(1.0, 30_000 / max(n_rows, 1)),
+            max_samples=min(1.0, 30_000 / max(fit_rows or n_rows, 1)),
             random_state=random_state,
             n_jobs=2,
         )
@@ -141,7 +145,8 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         self.cv_scores_: dict[str, dict[str, dict[str, float]]] = {}
         oofs: dict[str, dict[str, np.ndarray]] = {}
         for name in self.candidates:
-            estimator = make_candidate(name, len(cv_idx), self.random_state, monotone)
+            # Configured for the full data, so CV scores the very estimator that would be deployed.
+            estimator = make_candidate(name, n, self.random_state, monotone, fit_rows=len(cv_idx))
             oofs[name] = {}
             self.cv_scores_[name] = {}
             for regime, splits in regimes.items():

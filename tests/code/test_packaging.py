@@ -24,7 +24,7 @@ def readme_commands() -> str:
 def test_package_install_step_is_shared() -> None:
     install = "python -m pip install --quiet -c constraints.txt -e"
     assert f"{install} ." in dockerfile_runs()
-    assert f'{install} ".[dev]"' in (ROOT / ".ci" / "run").read_text()
+    assert f'{install} ".[dev,mlir]"' in (ROOT / ".ci" / "run").read_text()
     assert "pip install -c constraints.txt -e ." in readme_commands()
 
 

@@ -1,0 +1,47 @@
+"""``/v1/mlir``: runtime, instructions, vector registers, spills and utilization of MLIR programs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.deps import SettingsDep, SnapshotDep, check_batch, require_model
+from service.domains import mlir
+from service.routing import StrictJSONRoute
+from service.schemas.common import ErrorResponse
+from service.schemas.mlir import MlirPredictRequest, MlirPredictResponse
+
+router = APIRouter(prefix="/v1/mlir", tags=["mlir"], route_class=StrictJSONRoute)
+MODEL = "mlir"
+# Scanning text costs ~1 ms per 10 KB; beyond this many bytes a request leaves the event loop.
+THREADPOOL_BYTES = 256 * 1024
+
+
+@router.post(
+    "/predict",
+    response_model=MlirPredictResponse,
+    responses={
+        413: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
+)
+async def predict(request: MlirPredictRequest, snapshot: SnapshotDep, settings: SettingsDep) -> JSONResponse:
+    check_batch(len(request.instances), settings)
+    try:
+        mlir.check_instances(request.instances)
+    except mlir.ProgramError as exc:
+        raise HTTPException(
+            status_code=exc.status, detail=[{"field": f"instances.{exc.index}.mlir", "reason": str(exc)}]
+        ) from exc
+    model = require_model(snapshot, MODEL)
+    size = sum(len(inst.mlir) for inst in request.instances)
+    if size > THREADPOOL_BYTES:
+        rows = await run_in_threadpool(mlir.predict, request.instances, request.coverage, model)
+    else:
+        rows = mlir.predict(request.instances, request.coverage, model)
+    device = str(model.card.get("device", "local CPU"))
+    return JSONResponse(
+        {"model": model.name, "version": model.version, "device": device, "predictions": rows}
+    )

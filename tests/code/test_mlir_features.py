@@ -1,0 +1,223 @@
+"""The MLIR featurizer on hand-written linalg and on real IREE-imported ONNX MLIR, and the API's checks
+of program text (422 for text that is not MLIR, 413 beyond 1 MiB) — no model needed for those."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.features import mlir as F
+from service.settings import Settings
+
+MATMUL = """
+func.func @main(%a: tensor<64x32xf16>, %b: tensor<32x128xf16>) -> tensor<64x128xf32> {
+  %cst = arith.constant 0.0 : f32
+  %e = tensor.empty() : tensor<64x128xf32>
+  %f = linalg.fill ins(%cst : f32) outs(%e : tensor<64x128xf32>) -> tensor<64x128xf32>
+  %r = linalg.matmul ins(%a, %b : tensor<64x32xf16>, tensor<32x128xf16>)
+         outs(%f : tensor<64x128xf32>) -> tensor<64x128xf32>
+  return %r : tensor<64x128xf32>
+}
+"""
+
+EXP_GENERIC = """
+module {
+  func.func @main(%x: tensor<16x1024xf32>) -> tensor<16x1024xf32> {
+    %e = tensor.empty() : tensor<16x1024xf32>
+    %y = linalg.generic {indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>, affine_map<(d0, d1) -> (d0, d1)>],
+                         iterator_types = ["parallel", "parallel"]}
+        ins(%x : tensor<16x1024xf32>) outs(%e : tensor<16x1024xf32>) {
+    ^bb0(%in: f32, %out: f32):
+      %t = math.exp %in : f32
+      %u = arith.addf %t, %in : f32
+      linalg.yield %u : f32
+    } -> tensor<16x1024xf32>
+    %w = arith.constant dense<[[1.0, 2.0], [3.0, 4.0]]> : tensor<2x2xf32>
+    return %y : tensor<16x1024xf32>
+  }
+}
+"""
+
+# Verbatim output of iree-import-onnx (iree-base-compiler 3.13.0) for an onnx MatMul + Add + Relu graph
+# whose bias is an initializer: torch-dialect MLIR with the bias as a dense_resource blob.
+ONNX_IMPORTED = """module {
+  func.func @main(%arg0: !torch.vtensor<[4,16],f32>, %arg1: !torch.vtensor<[16,32],f32>) -> !torch.vtensor<[4,32],f32> attributes {torch.onnx_meta.ir_version = 14 : si64, torch.onnx_meta.opset_version = 17 : si64, torch.onnx_meta.producer_name = "", torch.onnx_meta.producer_version = ""} {
+    %0 = torch.operator "onnx.Constant"() {torch.onnx.value = dense_resource<b> : tensor<32xf32>} : () -> !torch.vtensor<[32],f32>
+    %none = torch.constant.none
+    %1 = torch.operator "onnx.MatMul"(%arg0, %arg1) : (!torch.vtensor<[4,16],f32>, !torch.vtensor<[16,32],f32>) -> !torch.vtensor<[4,32],f32>
+    %2 = torch.operator "onnx.Add"(%1, %0) : (!torch.vtensor<[4,32],f32>, !torch.vtensor<[32],f32>) -> !torch.vtensor<[4,32],f32>
+    %3 = torch.operator "onnx.Relu"(%2) : (!torch.vtensor<[4,32],f32>) -> !torch.vtensor<[4,32],f32>
+    return %3 : !torch.vtensor<[4,32],f32>
+  }
+}
+
+{-#
+  dialect_resources: {
+    builtin: {
+      b: "0x080000000000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F0000803F"
+    }
+  }
+#-}
+"""  # noqa: E501
+
+DATASET = Path(__file__).resolve().parents[2] / "datasets" / "mlir-cpu-local"
+
+
+def row(text: str) -> dict[str, float]:
+    return dict(zip(F.FEATURE_COLUMNS, F.build_features([text]).iloc[0], strict=True))
+
+
+def test_hand_written_linalg_matmul() -> None:
+    s = F.summarize(MATMUL)
+    assert s.ops["linalg.matmul"] == 1 and s.ops["linalg.fill"] == 1 and s.ops["func.return"] == 1
+    assert s.dialects["linalg"] == 2 and s.dialects["arith"] == 1
+    assert s.values["log_flops"] == pytest.approx(math.log(2 * 64 * 128 * 32))
+    assert s.values["log_max_k"] == pytest.approx(math.log(32))
+    # Bytes of the matmul: two f16 inputs and the f32 output, plus the fill's output.
+    matmul_bytes = (64 * 32 + 32 * 128) * 2 + 64 * 128 * 4
+    assert s.values["log_bytes"] == pytest.approx(math.log(matmul_bytes + 64 * 128 * 4))
+    assert s.values["arg_count"] == 2
+    assert s.values["ops_unknown"] == 0 and s.values["dialects_unknown"] == 0
+    r = row(MATMUL)
+    assert r["op_linalg_matmul"] == 1 and r["dialect_linalg"] == 2
+    assert r["dtype_f16"] > 0 and r["dtype_f32"] > 0
+
+
+def test_generic_body_flops_and_dense_payload_is_stripped() -> None:
+    s = F.summarize(EXP_GENERIC)
+    # One exp (counted as 8 FLOPs: exp-like functions are several) and one add per element.
+    assert s.values["log_elementwise_flops"] == pytest.approx(math.log(16 * 1024 * (2 + 7)))
+    assert s.values["transcendental_ops"] == 1 and s.values["generic_parallel_ops"] == 1
+    assert s.values["max_depth"] >= 3
+    stripped, count = F.strip_constants(EXP_GENERIC)
+    assert count == 1 and "3.0" not in stripped and "dense<C>" in stripped
+
+
+def test_real_iree_imported_onnx() -> None:
+    F.check_mlir(ONNX_IMPORTED)
+    s = F.summarize(ONNX_IMPORTED)
+    assert s.ops["onnx.MatMul"] == 1 and s.ops["onnx.Add"] == 1 and s.ops["onnx.Relu"] == 1
+    assert s.dialects["onnx"] == 4 and s.values["torch_frontend"] == 1
+    assert s.values["ops_unknown"] == 0
+    # The resource section and the dense_resource handle are cut before tokenizing.
+    stripped, blobs = F.strip_constants(ONNX_IMPORTED)
+    assert blobs == 2 and "0x0800" not in stripped and "dialect_resources" not in stripped
+    # MatMul 2*4*32*16, Add and Relu one FLOP per output element.
+    assert s.values["log_flops"] == pytest.approx(math.log(2 * 4 * 32 * 16 + 2 * 4 * 32))
+    assert s.values["log_max_k"] == pytest.approx(math.log(16))
+
+
+def test_collected_onnx_programs_from_the_dataset() -> None:
+    from training.collect_mlir import PROGRAMS, read_records
+
+    path = DATASET / PROGRAMS
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the collected dataset is part of the repository")
+    found = 0
+    for record in read_records(path):
+        if record["family"].startswith("onnx_") and record.get("mlir"):
+            s = F.summarize(record["mlir"])
+            assert s.values["torch_frontend"] == 1 and s.values["log_flops"] > 0
+            assert any(op.startswith("onnx.") for op in s.ops)
+            found += 1
+            if found >= 6:
+                break
+    assert found >= 6
+
+
+def test_unknown_ops_and_dialects_are_counted_not_fatal() -> None:
+    text = """module {
+  func.func @f(%a: tensor<8xf32>) -> tensor<8xf32> {
+    %0 = mydialect.frobnicate %a {level = 3} : tensor<8xf32>
+    %1 = "other.thing"(%0) : (tensor<8xf32>) -> tensor<8xf32>
+    %2 = scf.execute_region -> tensor<8xf32> { scf.yield %1 : tensor<8xf32> }
+    return %2 : tensor<8xf32>
+  }
+}"""
+    s = F.summarize(text)
+    assert s.ops["mydialect.frobnicate"] == 1 and s.ops["other.thing"] == 1 and s.ops["scf.yield"] == 1
+    assert s.values["dialects_unknown"] == 2
+    assert s.values["ops_unknown"] == 4  # frobnicate, thing, execute_region, yield
+    one_line = F.summarize("module { func.func @main() { foo.bar } }")
+    assert set(one_line.ops) == {"builtin.module", "func.func", "foo.bar"}
+
+
+def test_feature_table_shape_determinism_and_finiteness() -> None:
+    texts = [MATMUL, EXP_GENERIC, ONNX_IMPORTED, "module {}"]
+    table = F.build_features(texts)
+    assert list(table.columns) == list(F.FEATURE_COLUMNS)
+    assert len(set(F.FEATURE_COLUMNS)) == len(F.FEATURE_COLUMNS)
+    assert np.isfinite(table.to_numpy()).all()
+    np.testing.assert_array_equal(table.to_numpy(), F.build_features(texts).to_numpy())
+    ngrams = table[[c for c in table.columns if c.startswith("ngram_")]].to_numpy()
+    assert np.allclose(ngrams[:3].sum(axis=1), 1.0)
+    # LightGBM refuses JSON punctuation in feature names.
+    assert not any(ch in c for c in F.FEATURE_COLUMNS for ch in ':,"[]{}')
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty"),
+        ("   \n ", "empty"),
+        ("hello world", "no 'module' or 'func.func'"),
+        ("module {\n  func.func @f() {\n", "unbalanced '{'"),
+        ("func.func @f() { return }}", "unbalanced '}'"),
+        ("func.func @f(%a: tensor<2xf32> { return }", "unbalanced '('"),
+    ],
+)
+def test_check_mlir_rejects_non_programs(text: str, reason: str) -> None:
+    with pytest.raises(F.MlirTextError, match=reason.replace("(", r"\(").replace("{", r"\{")):
+        F.check_mlir(text)
+
+
+def test_check_mlir_ignores_braces_in_strings_and_blobs() -> None:
+    F.check_mlir('func.func @f() attributes {note = "}{ ) ["} { return }')
+    F.check_mlir(ONNX_IMPORTED)
+
+
+@pytest.fixture
+def client(tmp_path: Path):
+    from service.app import create_app
+    from service.routers import mlir as mlir_router
+
+    app = create_app(Settings(model_dir=tmp_path / "models"))
+    # Until service/app.py registers the router itself.
+    if not any(getattr(r, "path", "") == "/v1/mlir/predict" for r in app.routes):
+        app.include_router(mlir_router.router)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [("", "empty"), ("not mlir at all", "module"), ("module {\n func.func @f() {\n", "unbalanced")],
+)
+def test_api_answers_422_for_text_that_is_not_mlir(client: TestClient, text: str, reason: str) -> None:
+    r = client.post("/v1/mlir/predict", json={"instances": [{"mlir": MATMUL}, {"mlir": text}]})
+    assert r.status_code == 422
+    (detail,) = r.json()["detail"]
+    assert detail["field"] == "instances.1.mlir" and reason in detail["reason"]
+
+
+def test_api_answers_413_beyond_one_mib_and_422_for_bad_fields(client: TestClient) -> None:
+    big = MATMUL + "//" + "x" * (1 << 20)
+    r = client.post("/v1/mlir/predict", json={"instances": [{"mlir": big}]})
+    assert r.status_code == 413
+    assert r.json()["detail"][0]["field"] == "instances.0.mlir"
+    r = client.post("/v1/mlir/predict", json={"instances": [{"text": MATMUL}]})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"].startswith("instances.0")
+    r = client.post("/v1/mlir/predict", json={"instances": [{"mlir": MATMUL}], "coverage": 1.5})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "coverage"
+    r = client.post("/v1/mlir/predict", json={"instances": []})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "instances"
+    body = '{"instances": [{"mlir": "module {}", "mlir": "module {}"}]}'
+    r = client.post("/v1/mlir/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "duplicated key" in r.text
+    # A valid program with no model loaded: 503, not a crash.
+    r = client.post("/v1/mlir/predict", json={"instances": [{"mlir": MATMUL}]})
+    assert r.status_code == 503 and r.json()["detail"][0]["field"] == "model"

@@ -1,0 +1,70 @@
+"""The committed MLIR dataset (datasets/mlir-cpu-local): size, families, dtypes, failures recorded with
+their error line, the spread between repetitions (noise floor), the span of work, and its card."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.features import mlir as F
+from training.collect_mlir import FAMILIES, LINALG_FAMILIES
+from training.data.mlir import load_mlir, measured
+
+DATASET = Path(__file__).resolve().parents[2] / "datasets" / "mlir-cpu-local"
+MIN_PROGRAMS = 3000
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_mlir(DATASET)
+
+
+def test_size_families_and_dtypes(data) -> None:
+    frame = data.frame
+    assert len(frame) >= MIN_PROGRAMS
+    assert frame["key"].is_unique
+    ok = measured(data)
+    counts = ok["family"].value_counts()
+    assert set(counts.index) == set(FAMILIES)
+    # Families are interleaved round-robin: each holds about 1/15 of the programs.
+    assert counts.min() >= 0.5 * len(frame) / len(FAMILIES)
+    assert set(ok["dtype"]) == {"f32", "f16", "bf16", "i8"}
+
+
+def test_measurements_are_complete(data) -> None:
+    ok = measured(data)
+    assert ok["mlir"].str.contains("func.func").all()
+    for col in ("runtime_ms", "cpu_time_ms", "compile_ms", "utilization"):
+        assert (ok[col] > 0).all(), col
+    for col in ("instructions", "vector_registers", "spills", "dispatches", "code_bytes", "runtime_spread"):
+        assert (ok[col] >= 0).all(), col
+    assert (ok["vector_registers"] <= 32).all()
+    # The noise floor: the spread between repetitions is recorded for every program.
+    assert np.isfinite(ok["runtime_spread"]).all() and 0 < ok["runtime_spread"].median() < 1
+
+
+def test_failures_are_recorded_with_their_first_error_line(data) -> None:
+    failed = data.frame.loc[data.frame["status"] != "ok"]
+    assert failed["status"].isin(["compile_error", "run_error", "import_error"]).all()
+    assert failed["error"].map(lambda e: isinstance(e, str) and e and "\n" not in e).all()
+
+
+def test_every_family_spans_four_orders_of_magnitude_of_work(data) -> None:
+    ok = measured(data)
+    for family, part in ok.groupby("family"):
+        work = [max(s.values["log_flops"], s.values["log_bytes"]) for s in map(F.summarize, part["mlir"])]
+        assert max(work) - min(work) >= math.log(1e4), family
+        if family not in LINALG_FAMILIES:
+            assert part["mlir"].str.contains("torch.operator").all()
+
+
+def test_card_and_environment() -> None:
+    env = json.loads((DATASET / "environment.json").read_text())
+    assert env["versions"]["iree-base-compiler"] and env["cpu_flags"] and env["date"]
+    card = (DATASET / "README.md").read_text()
+    for needle in ("perfcost collect mlir", env["versions"]["iree-base-compiler"], "avx512"):
+        assert needle in card, needle

@@ -1,0 +1,333 @@
+"""MLIR cost models: ``perfcost train mlir`` and ``perfcost evaluate mlir``.
+
+Five targets, each a :class:`training.models.CostRegressor` (LightGBM vs random forest by CV) on the
+features of :mod:`service.features.mlir`: ``runtime_ms``, ``instructions``, ``vector_registers``,
+``spills`` and ``utilization``. Models learn ``log(value + offset)``: the count targets can be 0 (no
+spills, or a program IREE folds away entirely), so they carry an offset of 1 that the service subtracts
+again. Calibration groups are program families, so the "unseen" conformal grid is the error on a family
+training never saw; the service uses it for programs flagged out of distribution.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from sklearn.metrics import mean_absolute_error, r2_score
+from sklearn.model_selection import train_test_split
+
+from service.features import mlir as mlir_features
+from service.model import halfwidth
+from service.settings import Settings
+from training.data.mlir import DEFAULT_DIR, load_mlir, measured
+from training.data.registry import DatasetError
+from training.evaluate import point_metrics
+from training.models import CANDIDATES, CostRegressor, publish
+
+log = logging.getLogger(__name__)
+
+TARGET_OFFSETS: dict[str, float] = {
+    "runtime_ms": 0.0,
+    "instructions": 1.0,
+    "vector_registers": 1.0,
+    "spills": 1.0,
+    "utilization": 0.0,
+}
+PROTOCOLS = ("random", "group-family")
+COVERAGE = 0.9
+MIN_ROWS = 30
+# Summary values whose training range is recorded for out-of-distribution flags.
+RANGE_FIELDS = ("log_flops", "log_bytes", "max_log_elements", "ops_total", "max_depth")
+
+
+def log_target(frame: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with a usable value of ``target`` and ``log(value + offset)``."""
+    values = frame[target].to_numpy(dtype=float)
+    offset = TARGET_OFFSETS[target]
+    mask = np.isfinite(values) & (values + offset > 0)
+    return mask, np.log(values[mask] + offset)
+
+
+def fit_mlir(
+    frame: pd.DataFrame,
+    features: pd.DataFrame,
+    targets: tuple[str, ...] = tuple(TARGET_OFFSETS),
+    n_splits: int = 5,
+    grouped: bool = True,
+    candidates: tuple[str, ...] = CANDIDATES,
+) -> dict[str, tuple[CostRegressor, dict[str, Any]]]:
+    """One fitted regressor per target with enough rows; ``grouped`` adds the leave-families-out
+    ("unseen") calibration."""
+    models: dict[str, tuple[CostRegressor, dict[str, Any]]] = {}
+    for target in targets:
+        mask, y = log_target(frame, target)
+        if mask.sum() < MIN_ROWS:
+            log.info("%s: %d usable rows, fewer than %d: no model", target, mask.sum(), MIN_ROWS)
+            continue
+        log.info("fitting %s on %d programs", target, mask.sum())
+        groups = frame.loc[mask, "family"].to_numpy() if grouped else None
+        model = CostRegressor(candidates=candidates, n_splits=n_splits).fit(
+            features.loc[mask], y, groups=groups
+        )
+        models[target] = (model, {"offset": TARGET_OFFSETS[target], "n_train": int(mask.sum())})
+    return models
+
+
+def profile(frame: pd.DataFrame, summaries: list[mlir_features.Summary]) -> dict[str, Any]:
+    """What the training programs covered: op names, dialects, dtypes, families and value ranges."""
+    ops: set[str] = set()
+    dialects: set[str] = set()
+    for s in summaries:
+        ops.update(s.ops)
+        dialects.update(s.dialects)
+    ranges = {}
+    for name in RANGE_FIELDS:
+        values = np.array([s.values[name] for s in summaries], dtype=float)
+        ranges[name] = [float(values.min()), float(values.max())]
+    return {
+        "ops": sorted(ops),
+        "dialects": sorted(dialects),
+        "families": sorted(frame["family"].unique()),
+        "dtypes": sorted(frame["dtype"].unique()),
+        "ranges": ranges,
+    }
+
+
+def publish_mlir(
+    frame: pd.DataFrame,
+    settings: Settings,
+    name: str = "mlir",
+    environment: dict[str, Any] | None = None,
+    dataset: dict[str, Any] | None = None,
+    n_splits: int = 5,
+    candidates: tuple[str, ...] = CANDIDATES,
+) -> Path:
+    """Fit every target on measured programs (``frame`` as :func:`training.data.mlir.measured` returns)
+    and publish one version with its card (domain, feature version and columns, training profile)."""
+    started = time.perf_counter()
+    environment = environment or {}
+    summaries = [mlir_features.summarize(t) for t in frame["mlir"]]
+    features = mlir_features.features_from_summaries(summaries)
+    models = fit_mlir(frame, features, n_splits=n_splits, candidates=candidates)
+    device = environment.get("cpu_model") or "local CPU"
+    for _, extra in models.values():
+        extra["devices"] = [device]
+    card = {
+        "domain": "mlir",
+        "feature_version": mlir_features.FEATURE_VERSION,
+        "feature_columns": list(mlir_features.FEATURE_COLUMNS),
+        "device": device,
+        "datasets": [{**(dataset or {}), "rows": len(frame), "iree": environment.get("versions", {})}],
+        "profile": profile(frame, summaries),
+        "training_seconds": round(time.perf_counter() - started, 1),
+    }
+    return publish(settings.model_dir, name, card, models)
+
+
+def train_mlir_model(settings: Settings, directory: Path = DEFAULT_DIR, name: str = "mlir") -> Path:
+    data = load_mlir(directory)
+    frame = measured(data)
+    data.report.rows = len(frame)
+    data.report.log()
+    if len(frame) < MIN_ROWS:
+        raise DatasetError(f"{directory}: {len(frame)} measured programs, at least {MIN_ROWS} are needed")
+    dataset = {"name": data.name, "rejected": data.report.rejected}
+    return publish_mlir(frame, settings, name, data.environment, dataset)
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+def _predict_frame(
+    models: dict[str, tuple[CostRegressor, dict[str, Any]]],
+    test: pd.DataFrame,
+    features: pd.DataFrame,
+    regime: str,
+) -> pd.DataFrame:
+    parts = []
+    for target, (model, extra) in models.items():
+        mask, _ = log_target(test, target)
+        if not mask.any():
+            continue
+        offset = extra["offset"]
+        center = model.predict(features.loc[mask])
+        grid = model.calibration_[regime] if regime in model.calibration_ else model.calibration_["seen"]
+        width = halfwidth(grid, COVERAGE)
+        rows = test.loc[mask]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "target": target,
+                    "model": model.best_name_,
+                    "family": rows["family"].to_numpy(),
+                    "true": rows[target].to_numpy(dtype=float),
+                    "pred": np.maximum(np.exp(center) - offset, 0.0),
+                    "low": np.maximum(np.exp(center - width) - offset, 0.0),
+                    "high": np.exp(center + width) - offset,
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def _target_metrics(rows: pd.DataFrame) -> dict[str, Any]:
+    true, pred = rows["true"].to_numpy(), rows["pred"].to_numpy()
+    positive = true > 0
+    # Percentage errors are undefined where the truth is 0 (no spills): they are taken over the
+    # positive rows, and MAE and R² over all.
+    entry: dict[str, Any] = (
+        point_metrics(true[positive], pred[positive]) if positive.sum() >= 2 else {"mape": float("nan")}
+    )
+    entry["r2"] = float(r2_score(true, pred)) if len(true) >= 2 else float("nan")
+    entry["mae"] = float(mean_absolute_error(true, pred))
+    entry["interval_coverage_90"] = float(np.mean((true >= rows["low"]) & (true <= rows["high"])))
+    entry["n_test"] = len(rows)
+    return entry
+
+
+def summarize_mlir(
+    predictions: pd.DataFrame, frame: pd.DataFrame, dataset: str, protocol: str, n_train: int
+) -> dict[str, Any]:
+    """The metrics.json document (the GEMM shape: targets, groups — here keyed by family — plus the
+    measurement noise floor)."""
+    spread = frame["runtime_spread"].to_numpy(dtype=float)
+    spread = spread[np.isfinite(spread)]
+    metrics: dict[str, Any] = {
+        "dataset": dataset,
+        "protocol": protocol,
+        "n_train": n_train,
+        "n_test": int((predictions["target"] == "runtime_ms").sum()),
+        "targets": {},
+        "groups": {},
+        "noise_floor": {
+            "runtime_spread_median": float(np.median(spread)) if len(spread) else None,
+            "runtime_spread_p90": float(np.quantile(spread, 0.9)) if len(spread) else None,
+            "definition": "(p75 - p25) / median of the per-repetition wall times of one program",
+        },
+    }
+    for target, rows in predictions.groupby("target", sort=False):
+        metrics["targets"][target] = {"model": rows["model"].iloc[0], **_target_metrics(rows)}
+        for family, part in rows.groupby("family"):
+            metrics["groups"].setdefault(str(family), {})[target] = _target_metrics(part)
+    return metrics
+
+
+def evaluate_mlir_dataset(
+    directory: Path, protocol: str, targets: tuple[str, ...] | None = None
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    data = load_mlir(directory)
+    frame = measured(data)
+    features = mlir_features.build_features(frame["mlir"])
+    if protocol == "random":
+        train_idx, test_idx = train_test_split(np.arange(len(frame)), test_size=0.2, random_state=0)
+        train, test = frame.iloc[train_idx], frame.iloc[test_idx]
+        models = fit_mlir(
+            train.reset_index(drop=True),
+            features.iloc[train_idx].reset_index(drop=True),
+            targets or tuple(TARGET_OFFSETS),
+            grouped=False,
+        )
+        predictions = _predict_frame(
+            models, test.reset_index(drop=True), features.iloc[test_idx].reset_index(drop=True), "seen"
+        )
+        n_train = len(train)
+    elif protocol == "group-family":
+        families = sorted(frame["family"].unique())
+        if len(families) < 3:
+            raise DatasetError(f"group-family needs at least 3 families, {directory} has {len(families)}")
+        parts = []
+        for family in families:
+            log.info("group-family: holding out %s", family)
+            held = (frame["family"] == family).to_numpy()
+            models = fit_mlir(
+                frame.loc[~held].reset_index(drop=True),
+                features.loc[~held].reset_index(drop=True),
+                targets or ("runtime_ms",),
+                n_splits=3,
+                grouped=True,
+            )
+            parts.append(
+                _predict_frame(
+                    models,
+                    frame.loc[held].reset_index(drop=True),
+                    features.loc[held].reset_index(drop=True),
+                    "unseen",
+                )
+            )
+        predictions = pd.concat(parts, ignore_index=True)
+        n_train = int(len(frame) * (len(families) - 1) / len(families))
+    else:
+        raise DatasetError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    return summarize_mlir(predictions, frame, data.name, protocol, n_train), predictions
+
+
+def write_mlir_plots(predictions: pd.DataFrame, metrics: dict[str, Any], folder: Path) -> list[Path]:
+    written = []
+    for target, rows in predictions.groupby("target", sort=False):
+        fig, ax = plt.subplots(figsize=(6, 6))
+        for family, part in rows.groupby("family"):
+            ax.scatter(part["true"] + 1e-3, part["pred"] + 1e-3, s=4, alpha=0.4, label=str(family))
+        lo = max(rows[["true", "pred"]].min().min(), 1e-3)
+        hi = rows[["true", "pred"]].max().max()
+        ax.plot([lo, hi], [lo, hi], color="black", linewidth=1)
+        ax.set(xscale="log", yscale="log", xlabel=f"measured {target}", ylabel=f"predicted {target}")
+        m = metrics["targets"][target]
+        ax.set_title(f"{metrics['dataset']} ({metrics['protocol']}): MAPE {m['mape']:.2%}, R² {m['r2']:.3f}")
+        ax.legend(fontsize=6, markerscale=3)
+        path = folder / f"pred_vs_measured_{target}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def evaluate_cli(directory: Path, protocol: str, settings: Settings) -> dict[str, Any]:
+    """Body of ``perfcost evaluate mlir``: metrics.json, plots and a table."""
+    metrics, predictions = evaluate_mlir_dataset(directory, protocol)
+    folder = settings.report_dir / metrics["dataset"] / protocol
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_mlir_plots(predictions, metrics, folder)
+    table = Table(
+        title=f"{metrics['dataset']} / {protocol} (n_train={metrics['n_train']}, n_test={metrics['n_test']})"
+    )
+    for col in ("target", "model", "R²", "MAPE", "MAE", "90% cov."):
+        table.add_column(col)
+    for target, m in metrics["targets"].items():
+        table.add_row(
+            target,
+            m["model"],
+            f"{m['r2']:.4f}",
+            f"{m['mape']:.2%}",
+            f"{m['mae']:.4g}",
+            f"{m['interval_coverage_90']:.3f}",
+        )
+    console = Console()
+    console.print(table)
+    if protocol == "group-family":
+        groups = Table(title="held-out families (runtime_ms)")
+        for col in ("family", "MAPE", "median APE", "90% cov.", "n_test"):
+            groups.add_column(col)
+        for family, v in metrics["groups"].items():
+            r = v.get("runtime_ms")
+            if r:
+                groups.add_row(
+                    family,
+                    f"{r['mape']:.2%}",
+                    f"{r['median_ape']:.2%}",
+                    f"{r['interval_coverage_90']:.3f}",
+                    str(r["n_test"]),
+                )
+        console.print(groups)
+    console.print(f"noise floor: {metrics['noise_floor']}")
+    console.print(f"wrote {folder / 'metrics.json'} and plots")
+    return metrics

@@ -139,22 +139,31 @@ def evaluate_gemm_dataset(
     return summarize(predictions, name, protocol, n_train), predictions
 
 
+def plot_pred_vs_measured(
+    rows: pd.DataFrame, target: str, metrics: dict[str, Any], folder: Path, by: str, offset: float = 0.0
+) -> Path:
+    """Predicted against measured on log-log axes, one colour per ``by`` group. ``offset`` is added to
+    both axes so that count targets with zeros (MLIR spills) can be drawn on a log scale."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for group, part in rows.groupby(by):
+        ax.scatter(part["true"] + offset, part["pred"] + offset, s=4, alpha=0.4, label=str(group))
+    lo = rows[["true", "pred"]].min().min() + offset
+    hi = rows[["true", "pred"]].max().max() + offset
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=1)
+    ax.set(xscale="log", yscale="log", xlabel=f"measured {target}", ylabel=f"predicted {target}")
+    m = metrics["targets"][target]
+    ax.set_title(f"{metrics['dataset']} ({metrics['protocol']}): MAPE {m['mape']:.2%}, R² {m['r2']:.3f}")
+    ax.legend(fontsize=6, markerscale=3)
+    path = folder / f"pred_vs_measured_{target}.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def write_plots(predictions: pd.DataFrame, metrics: dict[str, Any], folder: Path) -> list[Path]:
     written = []
     for target, rows in predictions.groupby("target", sort=False):
-        fig, ax = plt.subplots(figsize=(6, 6))
-        for device, part in rows.groupby("device"):
-            ax.scatter(part["true"], part["pred"], s=4, alpha=0.4, label=str(device))
-        lo, hi = rows[["true", "pred"]].min().min(), rows[["true", "pred"]].max().max()
-        ax.plot([lo, hi], [lo, hi], color="black", linewidth=1)
-        ax.set(xscale="log", yscale="log", xlabel=f"measured {target}", ylabel=f"predicted {target}")
-        m = metrics["targets"][target]
-        ax.set_title(f"{metrics['dataset']} ({metrics['protocol']}): MAPE {m['mape']:.2%}, R² {m['r2']:.3f}")
-        ax.legend(fontsize=7, markerscale=3)
-        path = folder / f"pred_vs_measured_{target}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        written.append(plot_pred_vs_measured(rows, str(target), metrics, folder, by="device"))
 
         groups = {g: v[target]["mape"] for g, v in metrics["groups"].items() if target in v}
         fig, ax = plt.subplots(figsize=(8, max(3, 0.3 * len(groups))))

@@ -16,10 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from rich.console import Console
@@ -32,7 +28,7 @@ from service.model import halfwidth
 from service.settings import Settings
 from training.data.mlir import DEFAULT_DIR, load_mlir, measured
 from training.data.registry import DatasetError
-from training.evaluate import point_metrics
+from training.evaluate import plot_pred_vs_measured, point_metrics
 from training.models import CANDIDATES, CostRegressor, publish
 
 log = logging.getLogger(__name__)
@@ -271,23 +267,10 @@ def evaluate_mlir_dataset(
 
 
 def write_mlir_plots(predictions: pd.DataFrame, metrics: dict[str, Any], folder: Path) -> list[Path]:
-    written = []
-    for target, rows in predictions.groupby("target", sort=False):
-        fig, ax = plt.subplots(figsize=(6, 6))
-        for family, part in rows.groupby("family"):
-            ax.scatter(part["true"] + 1e-3, part["pred"] + 1e-3, s=4, alpha=0.4, label=str(family))
-        lo = max(rows[["true", "pred"]].min().min(), 1e-3)
-        hi = rows[["true", "pred"]].max().max()
-        ax.plot([lo, hi], [lo, hi], color="black", linewidth=1)
-        ax.set(xscale="log", yscale="log", xlabel=f"measured {target}", ylabel=f"predicted {target}")
-        m = metrics["targets"][target]
-        ax.set_title(f"{metrics['dataset']} ({metrics['protocol']}): MAPE {m['mape']:.2%}, R² {m['r2']:.3f}")
-        ax.legend(fontsize=6, markerscale=3)
-        path = folder / f"pred_vs_measured_{target}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-    return written
+    return [
+        plot_pred_vs_measured(rows, str(target), metrics, folder, by="family", offset=1e-3)
+        for target, rows in predictions.groupby("target", sort=False)
+    ]
 
 
 def evaluate_cli(directory: Path, protocol: str, settings: Settings) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import signal
 import time
@@ -147,6 +148,19 @@ def _reason(error: Any) -> str:
     return f"{message}: {detail}" if detail and error.get("type") == "json_invalid" else message
 
 
+def _return_freed_memory() -> None:
+    """Hand memory freed by a replaced model back to the OS (glibc only).
+
+    Reloads run in worker threads, and glibc keeps what a thread's arena freed for that arena: with a new
+    60 MB model version every 5 s, RSS grew 403 → 891 MiB in a minute though nothing stayed referenced
+    (loading and dropping the same model in one thread holds steady). malloc_trim releases it.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        log.debug("malloc_trim unavailable: freed model memory stays with the allocator")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     registry = ModelRegistry(settings.model_dir, FEATURES)
@@ -155,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def reload() -> None:
         snapshot = registry.reload()
+        _return_freed_memory()
         metrics.model_info.clear()
         for name, model in snapshot.models.items():
             metrics.model_info.labels(name, model.version).set(1)

@@ -364,7 +364,16 @@ def exclusive_lock(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def write_durably(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to an append-mode descriptor and fsync it before returning, so a record is
+    either wholly on disk or (after a kill mid-write) a torn tail the resuming reader discards."""
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+    os.fsync(fd)
+
+
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -379,7 +388,7 @@ def _atomic_write(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _valid_row(fields: list[str]) -> bool:
@@ -443,11 +452,7 @@ class RowWriter:
     def append(self, row: dict[str, Any]) -> None:
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerow([row[c] for c in COLUMNS])
-        data = buffer.getvalue().encode("utf-8")
-        while data:
-            written = os.write(self._fd, data)
-            data = data[written:]
-        os.fsync(self._fd)
+        write_durably(self._fd, buffer.getvalue().encode("utf-8"))
 
     def close(self) -> None:
         os.close(self._fd)

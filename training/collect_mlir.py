@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from training.collect import CollectError, _fsync_dir, exclusive_lock, local_cpu_count
+from training.collect import CollectError, exclusive_lock, fsync_dir, local_cpu_count, write_durably
 
 log = logging.getLogger(__name__)
 
@@ -1098,7 +1098,7 @@ def recover(path: Path) -> set[str]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return keys
 
 
@@ -1109,11 +1109,9 @@ class RecordWriter:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
 
     def append(self, record: dict[str, Any]) -> None:
-        data = gzip.compress((json.dumps(record, separators=(",", ":")) + "\n").encode(), mtime=0)
-        while data:
-            written = os.write(self._fd, data)
-            data = data[written:]
-        os.fsync(self._fd)
+        write_durably(
+            self._fd, gzip.compress((json.dumps(record, separators=(",", ":")) + "\n").encode(), mtime=0)
+        )
 
     def close(self) -> None:
         os.close(self._fd)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from service.features.cpu import SPEC_FIELDS
 from service.settings import Settings
-from training.data.gemm import LoadReport
+from training.data.gemm import LoadReport, positive_mask
 from training.data.registry import DatasetError, fetch, get_spec
 
 log = logging.getLogger(__name__)
@@ -51,18 +51,6 @@ def _files(name: str) -> list[dict[str, str]]:
     return [{"file": f.file, "sha256": f.sha256} for f in get_spec(name).files]
 
 
-def _positive(raw: pd.DataFrame, cols: list[str], report: LoadReport, where: pd.Series) -> pd.Series:
-    """Rows whose every column in ``cols`` is a finite number > 0; the others are rejected by reason."""
-    keep = pd.Series(True, index=raw.index)
-    for col in cols:
-        values = pd.to_numeric(raw[col], errors="coerce")
-        bad = ~(np.isfinite(values) & (values > 0))
-        for idx in raw.index[bad & keep]:
-            report.reject(f"{col} missing, non-numeric or <= 0", f"{where[idx]}: {raw.at[idx, col]!r}")
-        keep &= ~bad
-    return keep
-
-
 def load_spec_suite(suite: str, path: Path, report: LoadReport) -> SuiteData:
     """One ``input_<suite>.csv``: spec columns, then per benchmark its ratio and its runtime ``t_...``."""
     raw = pd.read_csv(path)
@@ -74,7 +62,7 @@ def load_spec_suite(suite: str, path: Path, report: LoadReport) -> SuiteData:
     if not benchmarks:
         raise DatasetError(f"spec-cpu2017: {path.name} has no benchmark ratio column (like 503.bwaves_r)")
     where = pd.Series([f"{path.name}:{i + 2}" for i in range(len(raw))], index=raw.index)
-    keep = _positive(raw, benchmarks, report, where)
+    keep = positive_mask(raw, benchmarks, report, where)
     no_model = raw["model_name"].isna() | (raw["model_name"].astype(str).str.strip() == "")
     for idx in raw.index[no_model & keep]:
         report.reject("model_name missing", where[idx])
@@ -133,7 +121,7 @@ def load_uci_hardware(settings: Settings) -> TableData:
     raw.columns = pd.Index(expected)
     report = LoadReport("uci-computer-hardware")
     where = pd.Series([f"{path.name}:{i + 2}" for i in range(len(raw))], index=raw.index)
-    keep = _positive(raw, ["prp", "erp", "myct"], report, where)
+    keep = positive_mask(raw, ["prp", "erp", "myct"], report, where)
     for col in UCI_INPUTS:
         values = pd.to_numeric(raw[col], errors="coerce")
         bad = ~(np.isfinite(values) & (values >= 0))
@@ -195,7 +183,7 @@ def load_ncpp_file(path: Path, report: LoadReport) -> pd.DataFrame:
     if missing:
         raise DatasetError(f"ncpp-spr: {path.name} lacks the column(s) {', '.join(missing)}")
     where = pd.Series([f"{path.name}:{i + 2}" for i in range(len(raw))], index=raw.index)
-    keep = _positive(raw, [NCPP_TARGET], report, where)
+    keep = positive_mask(raw, [NCPP_TARGET], report, where)
     no_key = raw[list(NCPP_KEYS)].isna().any(axis=1)
     for idx in raw.index[no_key & keep]:
         report.reject("workload or test name missing", where[idx])

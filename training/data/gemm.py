@@ -13,7 +13,7 @@ import logging
 import math
 import tarfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,18 +82,26 @@ def _finish(rows: pd.DataFrame, source: str) -> pd.DataFrame:
     return out
 
 
-def _check_positive(
-    frame: pd.DataFrame, cols: tuple[str, ...], report: LoadReport, line: pd.Series
-) -> pd.DataFrame:
-    """Drop rows whose required numeric columns are missing, non-finite or non-positive, by reason."""
+def positive_mask(
+    frame: pd.DataFrame, cols: Sequence[str], report: LoadReport, where: pd.Series
+) -> pd.Series:
+    """Rows whose every column in ``cols`` is a finite number > 0; the others are rejected by reason,
+    located by ``where`` (a label per row, e.g. its line)."""
     keep = pd.Series(True, index=frame.index)
     for col in cols:
         values = pd.to_numeric(frame[col], errors="coerce")
         bad = ~(np.isfinite(values) & (values > 0))
         for idx in frame.index[bad & keep]:
-            report.reject(f"{col} missing, non-numeric or <= 0", f"line {line[idx]}: {frame.at[idx, col]!r}")
+            report.reject(f"{col} missing, non-numeric or <= 0", f"{where[idx]}: {frame.at[idx, col]!r}")
         keep &= ~bad
-    return frame.loc[keep]
+    return keep
+
+
+def _check_positive(
+    frame: pd.DataFrame, cols: tuple[str, ...], report: LoadReport, line: pd.Series
+) -> pd.DataFrame:
+    """Drop rows whose required numeric columns are missing, non-finite or non-positive, by reason."""
+    return frame.loc[positive_mask(frame, cols, report, "line " + line.astype(str))]
 
 
 def _parse_float(text: str) -> float:

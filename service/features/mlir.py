@@ -492,20 +492,10 @@ def summarize(text: str) -> Summary:
                 if m:
                     generic["bytes"] = sum(t.nbytes for t in parse_types(m.group(1) + "," + m.group(2)))
                 generic_depth = depth
-            elif name.startswith("linalg."):
-                f, b, cls, k, mn = _linalg_cost(name, line)
-                out_types = parse_types(line.rsplit("->", 1)[-1]) if "->" in line else parse_types(line)
-                consider(name, f or b, out_types[-1].shape if out_types else (), k)
-                total_bytes += b
-                if cls in flops:
-                    flops[cls] += f
-                    max_op = max(max_op, f)
-                elif cls == "movement":
-                    movement_bytes += b
-                if k:
-                    max_k, min_mn = max(max_k, k), min(min_mn, mn)
-            elif name.startswith("onnx."):
-                f, b, cls, k, mn = _onnx_cost(name, line)
+            elif name.startswith(("linalg.", "onnx.")):
+                cost = _linalg_cost if name.startswith("linalg.") else _onnx_cost
+                f, b, cls, k, mn = cost(name, line)
+                # The result types follow the last "->" (the whole line when there is none).
                 out_types = parse_types(line.rsplit("->", 1)[-1])
                 consider(name, f or b, out_types[-1].shape if out_types else (), k)
                 total_bytes += b

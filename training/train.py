@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -15,7 +17,7 @@ from rich.console import Console
 from service.devices import DeviceSpec
 from service.features import gemm as gemm_features
 from service.settings import Settings
-from training.data.gemm import GemmData, available_gemm_datasets, load_gemm
+from training.data.gemm import GemmData, available_gemm_datasets, load_gemm, load_gemm_dir
 from training.data.registry import DatasetError, get_spec, is_available
 from training.models import CostRegressor, publish
 
@@ -112,9 +114,16 @@ def default_gemm_datasets(settings: Settings) -> list[str]:
     return chosen
 
 
-def train_gemm_model(datasets: list[str], settings: Settings, name: str = "gemm") -> str:
-    """Load the named datasets, fit every GEMM target and publish; returns the new version."""
-    return publish_gemm([load_gemm(d, settings) for d in datasets], settings, name)
+def train_gemm_model(
+    datasets: list[str], settings: Settings, name: str = "gemm", directories: Sequence[Path] = ()
+) -> str:
+    """Load the named datasets and measurement directories, fit every GEMM target and publish;
+    returns the new version."""
+    loaded = [load_gemm(d, settings) for d in datasets] + [load_gemm_dir(d) for d in directories]
+    for data in loaded:
+        if data.report.rejected:
+            Console(stderr=True).print(data.report.table())
+    return publish_gemm(loaded, settings, name)
 
 
 def publish_gemm(loaded: list[GemmData], settings: Settings, name: str = "gemm") -> str:
@@ -148,15 +157,24 @@ def train_gemm(
         list[str] | None,
         typer.Option("--dataset", "-d", help="Dataset name (repeatable); default: bundled + cached"),
     ] = None,
+    directory: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--from",
+            help="Your own measurements: a directory with measurements.csv (m, n, k, runtime_ms, and "
+            "optionally batch, op, dtype, layout, kernel fields, power_w, energy_j) and device.json "
+            "(repeatable; replaces the default datasets unless --dataset is also given)",
+        ),
+    ] = None,
     name: Annotated[str, typer.Option(help="Model name in the registry")] = "gemm",
 ) -> None:
     """Fit runtime, power and energy models on GEMM datasets and publish a new version."""
     settings = Settings()
-    chosen = dataset or default_gemm_datasets(settings)
+    chosen = dataset or ([] if directory else default_gemm_datasets(settings))
     try:
-        version = train_gemm_model(chosen, settings, name)
+        version = train_gemm_model(chosen, settings, name, directory or ())
     except DatasetError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--dataset") from exc
+        raise typer.BadParameter(str(exc), param_hint="--from" if directory else "--dataset") from exc
     Console().print(f"published [bold]{name}[/] version {version} to {settings.model_dir / name / version}")
 
 
@@ -183,8 +201,6 @@ def train_mlir(
 ) -> None:
     """Fit runtime, instruction, vector-register, spill and utilization models on MLIR programs."""
     # Imported here: training.mlir imports training.evaluate, which imports this module.
-    from pathlib import Path
-
     from training.mlir import train_mlir_model
 
     settings = Settings()

@@ -30,6 +30,7 @@ Dtype = Literal["float16", "bfloat16", "float32", "float64", "int8"]
 Layout = Literal["nn", "nt", "tn", "tt"]
 OPS: tuple[str, ...] = get_args(Op)
 LAYOUTS: tuple[str, ...] = get_args(Layout)
+DTYPES: tuple[str, ...] = get_args(Dtype)
 DTYPE_BYTES = dict(zip(get_args(Dtype), (2, 2, 4, 8, 1), strict=True))
 
 # Optional kernel/tile configuration: CUTLASS-style tiles and stages, the GEMM epilogue scalars, CPU

@@ -19,9 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.table import Table
 
 from service.devices import DeviceCatalog, DeviceSpec
-from service.features.gemm import CLTUNE_FIELDS, CONFIG_COLUMNS
+from service.features.gemm import (
+    CLTUNE_FIELDS,
+    CONFIG_COLUMNS,
+    DTYPES,
+    KERNEL_NUMERIC_FIELDS,
+    LAYOUTS,
+    OPS,
+    SIZE_FIELDS,
+)
 from service.model import file_sha256
 from service.settings import Settings
 from training.data.registry import REGISTRY, DatasetError, fetch, get_spec
@@ -48,6 +57,20 @@ class LoadReport:
         shown = self.examples.setdefault(reason, [])
         if len(shown) < 5:
             shown.append(where)
+
+    def summary(self) -> str:
+        if not self.rejected:
+            return "no rows rejected"
+        return "; ".join(f"{count} {reason}" for reason, count in sorted(self.rejected.items()))
+
+    def table(self) -> Table:
+        """The rejected rows by reason, with the first rows of each, for a terminal."""
+        table = Table(title=f"{self.dataset}: {self.rows} rows kept, {sum(self.rejected.values())} rejected")
+        for column in ("reason", "rows", "first rows"):
+            table.add_column(column)
+        for reason, count in sorted(self.rejected.items()):
+            table.add_row(reason, str(count), "\n".join(self.examples[reason]))
+        return table
 
     def log(self) -> None:
         log.info("%s: %d rows loaded", self.dataset, self.rows)
@@ -281,22 +304,94 @@ def load_neusight(paths: dict[str, Path], report: LoadReport) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+# A measurements CSV (the collector's, or a user's own) needs sizes and a runtime; everything else in
+# CONFIG_COLUMNS and TARGETS is optional. Missing categoricals take the API's defaults.
+REQUIRED_CSV_COLUMNS = ("m", "n", "k", "runtime_ms")
+CSV_DEFAULTS: dict[str, str | int] = {"batch": 1, "op": "gemm", "dtype": "float32"}
+CSV_CHOICES: dict[str, tuple[str, ...]] = {"op": OPS, "dtype": DTYPES, "layout": LAYOUTS}
+
+
+def _read_measurements_csv(path: Path) -> pd.DataFrame:
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not a readable CSV ({exc.__class__.__name__}: {exc})") from exc
+    missing = [c for c in REQUIRED_CSV_COLUMNS if c not in raw.columns]
+    if missing:
+        optional = [
+            c
+            for c in ("device", *CONFIG_COLUMNS, *TARGETS, "runtime_spread")
+            if c not in REQUIRED_CSV_COLUMNS
+        ]
+        raise DatasetError(
+            f"{path}: missing required column(s) {', '.join(missing)}; a measurements CSV needs "
+            f"{', '.join(REQUIRED_CSV_COLUMNS)} and may add {', '.join(optional)}"
+        )
+    return raw
+
+
 def load_bundled(directory: Path, report: LoadReport) -> tuple[pd.DataFrame, dict[str, DeviceSpec]]:
-    """A dataset this project measured itself: ``measurements.csv`` plus ``device.json``."""
-    device = DeviceSpec.model_validate(json.loads((directory / "device.json").read_text()))
-    raw = pd.read_csv(directory / "measurements.csv")
+    """Measurements taken on one device: ``measurements.csv`` plus ``device.json`` (what the collector
+    writes, and the layout a user's own measurements take). Bad rows are rejected by reason and line."""
+    try:
+        device = DeviceSpec.model_validate(json.loads((directory / "device.json").read_text()))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{directory / 'device.json'}: not a valid device description: {exc}") from exc
+    raw = _read_measurements_csv(directory / "measurements.csv")
+    unknown = sorted(set(raw.columns) - {*COLUMNS, "key", "repeats", "measured_at"})
+    if unknown:
+        log.info("%s: ignoring column(s) the GEMM model does not use: %s", directory.name, ", ".join(unknown))
+    for col, default in CSV_DEFAULTS.items():
+        if col not in raw:
+            raw[col] = default
+    if "device" not in raw:
+        raw["device"] = device.name
     raw["line"] = np.arange(len(raw)) + 2
-    raw = _check_positive(raw, ("batch", "m", "n", "k", "threads", "runtime_ms"), report, raw["line"])
-    wrong_device = raw["device"] != device.name
+    where = "line " + raw["line"].astype(str)
+    keep = positive_mask(raw, ("batch", *REQUIRED_CSV_COLUMNS), report, where)
+    for col in SIZE_FIELDS:
+        raw[col] = pd.to_numeric(raw[col], errors="coerce")
+        bad = keep & (raw[col] != np.floor(raw[col]))
+        for idx in raw.index[bad]:
+            report.reject(f"{col} is not a whole number", f"{where[idx]}: {raw.at[idx, col]!r}")
+        keep &= ~bad
+    raw["runtime_ms"] = pd.to_numeric(raw["runtime_ms"], errors="coerce")
+    # Optional numbers may be blank (not measured), but a value that is there must be a real one.
+    for col in (c for c in (*KERNEL_NUMERIC_FIELDS, "power_w", "energy_j", "runtime_spread") if c in raw):
+        values = pd.to_numeric(raw[col], errors="coerce")
+        floor = 0.0 if col in ("power_w", "energy_j", "runtime_spread") else -np.inf
+        bad = keep & raw[col].notna() & ~(np.isfinite(values) & (values >= floor))
+        reason = f"{col} is not a finite number" + (" >= 0" if floor == 0 else "")
+        for idx in raw.index[bad]:
+            report.reject(reason, f"{where[idx]}: {raw.at[idx, col]!r}")
+        keep &= ~bad
+        raw[col] = values
+    for col, choices in CSV_CHOICES.items():
+        if col not in raw:
+            continue
+        bad = keep & raw[col].notna() & ~raw[col].isin(choices)
+        if col != "layout":
+            bad |= keep & raw[col].isna()
+        for idx in raw.index[bad]:
+            report.reject(f"{col} not one of {', '.join(choices)}", f"{where[idx]}: {raw.at[idx, col]!r}")
+        keep &= ~bad
+    wrong_device = keep & (raw["device"] != device.name)
     for idx in raw.index[wrong_device]:
         report.reject(
-            "device differs from device.json", f"line {raw.at[idx, 'line']!s}: {raw.at[idx, 'device']!r}"
+            f"device differs from device.json ({device.name!r})", f"{where[idx]}: {raw.at[idx, 'device']!r}"
         )
-    raw = raw.loc[~wrong_device]
-    dup = raw.duplicated("key", keep="first") if "key" in raw else pd.Series(False, index=raw.index)
+    keep &= ~wrong_device
+    raw = raw.loc[keep]
+    identity = [c for c in ("device", *CONFIG_COLUMNS) if c in raw]
+    dup = raw.duplicated(identity, keep="first")
+    first_line = raw.groupby(identity, dropna=False)["line"].transform("first")
     for idx in raw.index[dup]:
-        report.reject("duplicate configuration key", f"line {raw.at[idx, 'line']!s}")
-    return raw.loc[~dup], {device.name: device}
+        report.reject("duplicate configuration", f"{where[idx]} repeats line {first_line[idx]}")
+    raw = raw.loc[~dup].astype({c: "int64" for c in SIZE_FIELDS})
+    if raw.empty:
+        report.log()
+        raise DatasetError(f"{directory / 'measurements.csv'}: no usable rows ({report.summary()})")
+    return raw, {device.name: device}
 
 
 LOADERS: dict[str, Callable[[dict[str, Path], LoadReport], pd.DataFrame]] = {
@@ -319,26 +414,43 @@ def bundled_gemm_datasets(settings: Settings) -> dict[str, Path]:
     }
 
 
-def load_gemm(name: str, settings: Settings, catalog: DeviceCatalog | None = None) -> GemmData:
-    """Load one GEMM dataset (public, through the registry, or bundled) as the normalised table."""
-    report = LoadReport(name)
-    bundled = bundled_gemm_datasets(settings)
-    if name in bundled:
-        frame, devices = load_bundled(bundled[name], report)
-        files = [{"file": f"{name}/{m}", "sha256": file_sha256(bundled[name] / m)} for m in BUNDLED_MARKERS]
-    else:
-        spec = get_spec(name)
-        if spec.domain != "gemm":
-            raise DatasetError(f"dataset {name!r} is a {spec.domain} dataset, not GEMM")
-        paths = fetch(spec, settings)
-        frame = LOADERS[name](paths, report)
-        catalog = catalog or DeviceCatalog.default(settings.device_dir)
-        devices = {d: catalog.get(d) for d in sorted(frame["device"].unique())}
-        files = [{"file": f.file, "sha256": f.sha256} for f in spec.files]
+def _loaded(
+    name: str,
+    frame: pd.DataFrame,
+    report: LoadReport,
+    devices: dict[str, DeviceSpec],
+    files: list[dict[str, str]],
+) -> GemmData:
     out = _finish(frame, name)
     report.rows = len(out)
     report.log()
     return GemmData(name=name, frame=out, report=report, devices=devices, files=files)
+
+
+def load_gemm_dir(directory: Path, name: str | None = None) -> GemmData:
+    """Measurements in a directory of ``measurements.csv`` + ``device.json`` (bundled or a user's own)."""
+    name = name or directory.resolve().name
+    if not all((directory / m).is_file() for m in BUNDLED_MARKERS):
+        raise DatasetError(f"{directory}: a measurements directory needs {' and '.join(BUNDLED_MARKERS)}")
+    report = LoadReport(name)
+    frame, devices = load_bundled(directory, report)
+    files = [{"file": f"{name}/{m}", "sha256": file_sha256(directory / m)} for m in BUNDLED_MARKERS]
+    return _loaded(name, frame, report, devices, files)
+
+
+def load_gemm(name: str, settings: Settings, catalog: DeviceCatalog | None = None) -> GemmData:
+    """Load one GEMM dataset (public, through the registry, or bundled) as the normalised table."""
+    bundled = bundled_gemm_datasets(settings)
+    if name in bundled:
+        return load_gemm_dir(bundled[name], name)
+    spec = get_spec(name)
+    if spec.domain != "gemm":
+        raise DatasetError(f"dataset {name!r} is a {spec.domain} dataset, not GEMM")
+    report = LoadReport(name)
+    frame = LOADERS[name](fetch(spec, settings), report)
+    catalog = catalog or DeviceCatalog.default(settings.device_dir)
+    devices = {d: catalog.get(d) for d in sorted(frame["device"].unique())}
+    return _loaded(name, frame, report, devices, [{"file": f.file, "sha256": f.sha256} for f in spec.files])
 
 
 def available_gemm_datasets(settings: Settings) -> list[str]:

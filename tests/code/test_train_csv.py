@@ -1,0 +1,92 @@
+"""Retraining on a user's own measurements CSV: bad rows are reported by reason and line, never trained on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from training.cli import app
+
+BUNDLED = Path(__file__).resolve().parents[2] / "datasets" / "cpu-gemm-local"
+GOOD_ROWS = 240
+
+
+def user_dir(tmp_path: Path, frame: pd.DataFrame) -> Path:
+    directory = tmp_path / "my-measurements"
+    directory.mkdir()
+    shutil.copy(BUNDLED / "device.json", directory / "device.json")
+    frame.to_csv(directory / "measurements.csv", index=False)
+    return directory
+
+
+def train(tmp_path: Path, directory: Path) -> tuple[int, str, Path]:
+    model_dir = tmp_path / "models"
+    env = {"PERFCOST_MODEL_DIR": str(model_dir), "COLUMNS": "200"}
+    result = CliRunner().invoke(app, ["train", "gemm", "--from", str(directory)], env=env)
+    return result.exit_code, result.output, model_dir
+
+
+def test_bad_rows_are_reported_by_reason_and_line_and_not_trained_on(tmp_path: Path) -> None:
+    source = pd.read_csv(BUNDLED / "measurements.csv")
+    good = source.sample(GOOD_ROWS, random_state=0)[["m", "n", "k", "dtype", "threads", "runtime_ms"]]
+    good = good.drop_duplicates(["m", "n", "k", "dtype", "threads"]).astype(object)
+    first = good.iloc[0].to_dict()
+    bad = [
+        {**first, "runtime_ms": -0.5},  # line GOOD+2
+        {**first, "runtime_ms": "fast"},
+        {**first, "runtime_ms": None},
+        {**first, "m": None},
+        {**first, "n": 1.5},
+        {**first, "dtype": "float128"},
+        {**first, "threads": "two"},
+        dict(first),  # a duplicate of line 2
+    ]
+    frame = pd.concat([good, pd.DataFrame(bad)], ignore_index=True)
+    code, output, model_dir = train(tmp_path, user_dir(tmp_path, frame))
+    assert code == 0, output
+    n = len(good)
+    for reason, line in [
+        ("runtime_ms missing, non-numeric or <= 0", n + 2),
+        ("m missing, non-numeric or <= 0", n + 5),
+        ("n is not a whole number", n + 6),
+        ("dtype not one of", n + 7),
+        ("threads is not a finite number", n + 8),
+        ("duplicate configuration", n + 9),
+    ]:
+        assert reason in output, reason
+        assert f"line {line}" in output, (reason, line)
+    (card_path,) = model_dir.glob("gemm/*/card.json")
+    (dataset,) = json.loads(card_path.read_text())["datasets"]
+    assert dataset["name"] == "my-measurements"
+    assert dataset["rows"] == n
+    assert dataset["rejected"] == {
+        "runtime_ms missing, non-numeric or <= 0": 3,
+        "m missing, non-numeric or <= 0": 1,
+        "n is not a whole number": 1,
+        "dtype not one of float16, bfloat16, float32, float64, int8": 1,
+        "threads is not a finite number": 1,
+        "duplicate configuration": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("m,n,k\n8,8,8\n", "missing required column(s) runtime_ms"),
+        ("m,n,k,runtime_ms\n8,8,8,-1\n0,8,8,1\n", "no usable rows"),
+        ("", "not a readable CSV"),
+    ],
+)
+def test_unusable_csv_is_a_one_line_error_not_a_traceback(tmp_path: Path, content: str, message: str) -> None:
+    directory = user_dir(tmp_path, pd.DataFrame())
+    (directory / "measurements.csv").write_text(content)
+    code, output, model_dir = train(tmp_path, directory)
+    assert code == 2
+    assert message in " ".join(output.split())
+    assert "Traceback" not in output
+    assert not list(model_dir.glob("gemm/*"))

@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -137,6 +138,44 @@ def test_sigkill_then_rerun_yields_each_key_exactly_once(tmp_path: Path) -> None
     assert len(keys) == len(set(keys)) == n
     assert set(keys) == set(collect.build_sweep([1], 0.0005).keys()[:n])
     assert csv_path.read_bytes().endswith(b"\n")
+
+
+def test_repeated_sigkills_at_random_moments_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+    n = 200
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+    def command(out: Path, min_time: str) -> list[str]:
+        return [sys.executable, "-m", "training.collect", "cpu-gemm", "--out", str(out), "--limit", str(n),
+                *TINY, "--min-time", min_time, "--max-repeats", "1000000"]  # fmt: skip
+
+    # The sweep's configurations do not depend on timing, so the reference run may be quick.
+    reference = tmp_path / "uninterrupted"
+    subprocess.run(
+        command(reference, "0.001"), cwd=tmp_path, env=env, capture_output=True, check=True, timeout=300
+    )
+    expected = [r["key"] for r in _rows(reference / collect.MEASUREMENTS)]
+    assert len(expected) == n
+
+    out = tmp_path / "killed"
+    csv_path = out / collect.MEASUREMENTS
+    rng = random.Random(20261129)
+    lines = []
+    for _ in range(6):
+        # About 0.05 s per configuration; a kill lands anywhere from interpreter start-up to mid-write.
+        proc = subprocess.Popen(
+            command(out, "0.05"), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(0.3, 3.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        lines.append(csv_path.read_bytes().count(b"\n") if csv_path.exists() else 0)
+    assert 1 < lines[-1] < n + 1, f"the kills should land mid-sweep; lines after each kill: {lines}"
+    subprocess.run(command(out, "0.001"), cwd=tmp_path, env=env, capture_output=True, check=True, timeout=300)
+    rows = _rows(csv_path)
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)), "duplicated rows"
+    assert sorted(keys) == sorted(expected), "lost or foreign rows"
+    assert all(float(r["runtime_ms"]) > 0 for r in rows)
 
 
 def test_second_collector_on_a_locked_directory_refuses(tmp_path: Path) -> None:

@@ -40,6 +40,39 @@ def http_mirror(mirror: Path) -> Iterator[str]:
         server.server_close()
 
 
+class TruncatingHandler(http.server.SimpleHTTPRequestHandler):
+    """Announces the whole file, sends half of it and drops the connection, while ``cuts`` lasts."""
+
+    cuts = [0]
+
+    def do_GET(self) -> None:  # noqa: N802 (the http.server hook's name)
+        if self.cuts[0] <= 0:
+            super().do_GET()
+            return
+        self.cuts[0] -= 1
+        data = Path(self.translate_path(self.path)).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+
+
+@pytest.fixture
+def flaky_mirror(mirror: Path) -> Iterator[tuple[str, list[int]]]:
+    """An HTTP server whose next ``cuts[0]`` downloads are interrupted half-way."""
+    cuts = [0]
+    handler = functools.partial(type("Cut", (TruncatingHandler,), {"cuts": cuts}), directory=str(mirror))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", cuts
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def local_spec(base_url: str, name: str = SMALL):
     spec = get_spec(name)
     files = tuple(replace(f, url=f"{base_url}/{name}/{f.file}") for f in spec.files)
@@ -98,6 +131,33 @@ def test_checksum_mismatch_on_download_leaves_no_file(tmp_path: Path, http_mirro
     with pytest.raises(DatasetError, match="fails its sha256 check and was discarded"):
         fetch(wrong, settings, progressbar=False)
     assert not (tmp_path / "cache" / SMALL / spec.files[0].file).exists()
+
+
+def test_interrupted_download_leaves_nothing_and_the_next_fetch_restarts_cleanly(
+    tmp_path: Path, flaky_mirror: tuple[str, list[int]]
+) -> None:
+    url, cuts = flaky_mirror
+    spec = local_spec(url)
+    cache = tmp_path / "cache"
+    cuts[0] = 1
+    with pytest.raises(DatasetError, match="could not be downloaded"):
+        fetch(spec, Settings(data_mirror=None, data_home=cache, download_retries=0), progressbar=False)
+    assert cuts[0] == 0  # the interruption really happened
+    assert [p.name for p in (cache / SMALL).iterdir()] == []  # no partial or temporary file is left
+    paths = fetch(spec, Settings(data_mirror=None, data_home=cache, download_retries=0), progressbar=False)
+    assert all(file_sha256(paths[f.file]) == f.sha256 for f in spec.files)
+
+
+def test_interrupted_download_is_retried_within_one_fetch(
+    tmp_path: Path, flaky_mirror: tuple[str, list[int]]
+) -> None:
+    url, cuts = flaky_mirror
+    spec = local_spec(url)
+    cuts[0] = 1
+    settings = Settings(data_mirror=None, data_home=tmp_path / "cache", download_retries=1)
+    paths = fetch(spec, settings, progressbar=False)
+    assert cuts[0] == 0
+    assert all(file_sha256(paths[f.file]) == f.sha256 for f in spec.files)
 
 
 def test_no_network_is_a_clear_error(tmp_path: Path) -> None:

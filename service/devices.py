@@ -21,6 +21,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.schemas.common import Int
+
 log = logging.getLogger(__name__)
 
 SPEC_FIELDS = (
@@ -42,23 +44,26 @@ class DeviceSpec(BaseModel):
     """One device. GPUs use the NeuSight fields; a CPU maps cores to ``sm_count`` and FP32 SIMD lanes
     per core to ``cores_per_sm`` so one feature module serves both."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: an inline spec in a request rejects "64" and true for numbers, as every other field does.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str = Field(min_length=1, max_length=200)
     kind: Literal["gpu", "cpu"] = "gpu"
     vendor: str | None = Field(default=None, max_length=100)
-    memory_gb: float = Field(gt=0, allow_inf_nan=False)
-    memory_bandwidth_gbps: float = Field(gt=0, allow_inf_nan=False)
-    sm_count: int = Field(gt=0)
-    cores_per_sm: int = Field(gt=0)
-    clock_mhz: float = Field(gt=0, allow_inf_nan=False)
-    fp32_gflops: float = Field(gt=0, allow_inf_nan=False)
-    l2_cache_mb: float = Field(gt=0, allow_inf_nan=False)
-    fp64_gflops: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    fp16_gflops: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    l3_cache_mb: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    tdp_w: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    price_per_hour_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    # Bounds span microcontrollers to exascale systems: beyond them the features over- or underflow, so
+    # a spec outside is an input error, not a device.
+    memory_gb: float = Field(ge=1e-6, le=1e7, allow_inf_nan=False)
+    memory_bandwidth_gbps: float = Field(ge=1e-3, le=1e7, allow_inf_nan=False)
+    sm_count: Int = Field(gt=0, le=1_000_000)
+    cores_per_sm: Int = Field(gt=0, le=100_000)
+    clock_mhz: float = Field(ge=1, le=100_000, allow_inf_nan=False)
+    fp32_gflops: float = Field(ge=1e-3, le=1e9, allow_inf_nan=False)
+    l2_cache_mb: float = Field(ge=1e-6, le=1e6, allow_inf_nan=False)
+    fp64_gflops: float | None = Field(default=None, ge=1e-3, le=1e9, allow_inf_nan=False)
+    fp16_gflops: float | None = Field(default=None, ge=1e-3, le=1e9, allow_inf_nan=False)
+    l3_cache_mb: float | None = Field(default=None, ge=1e-6, le=1e6, allow_inf_nan=False)
+    tdp_w: float | None = Field(default=None, ge=1e-3, le=1e7, allow_inf_nan=False)
+    price_per_hour_usd: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)
     isa: list[str] = Field(default_factory=list, description="ISA extensions (CPU), e.g. avx2, avx512f, amx")
     source: str | None = Field(default=None, max_length=2000)
 

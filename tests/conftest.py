@@ -5,9 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from service.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+MLIR_DATASET = REPO / "datasets" / "mlir-cpu-local"
+CPU_SUITE = "Int_rate"
+CPU_BENCHMARKS = ("500.perlbench_r", "505.mcf_r")
+MLIR_PER_FAMILY_TRAIN = 14
+MLIR_PER_FAMILY_TEST = 4
 
 MIRROR = Path(
     os.environ.get("PERFCOST_DATA_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "datasets")
@@ -48,3 +56,51 @@ def trained_model_dir(tmp_path_factory: pytest.TempPathFactory, mirror: Path) ->
     sample = replace(neusight, frame=neusight.frame.sample(3000, random_state=0).reset_index(drop=True))
     publish_gemm([load_gemm("gpperf-rtx4070-tiled", settings), sample], settings)
     return root / "models"
+
+
+@pytest.fixture(scope="session")
+def cpu_model_dir(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path:
+    """Two Int_rate benchmarks and the suite score on 1,500 results (LightGBM, 3 folds: seconds)."""
+    from training.cpu import cpu_card, fit_spec_suite, target_stem
+    from training.data.cpu import SpecData, load_spec_cpu2017
+    from training.models import publish
+
+    root = tmp_path_factory.mktemp("cpu-service")
+    data = load_spec_cpu2017(Settings(data_mirror=mirror, data_home=root / "cache"), (CPU_SUITE,))
+    train = data.suites[CPU_SUITE].frame.sample(1500, random_state=0)
+    models = fit_spec_suite(train, CPU_SUITE, list(CPU_BENCHMARKS))
+    fitted = {target_stem(name): pair for name, pair in models.items()}
+    subset = SpecData(suites={CPU_SUITE: data.suites[CPU_SUITE]}, report=data.report, files=data.files)
+    publish(root / "models", "cpu", cpu_card(subset, fitted, 0.0), fitted)
+    return root / "models"
+
+
+@pytest.fixture(scope="session")
+def mlir_split() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A per-family sample of the committed MLIR dataset: (train, test)."""
+    from training.data.mlir import load_mlir, measured
+
+    frame = measured(load_mlir(MLIR_DATASET))
+    shuffled = frame.sample(frac=1.0, random_state=0)
+    train = shuffled.groupby("family", group_keys=False).head(MLIR_PER_FAMILY_TRAIN)
+    rest = shuffled.drop(train.index)
+    test = rest.groupby("family", group_keys=False).head(MLIR_PER_FAMILY_TEST)
+    return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def mlir_model_dir(
+    mlir_split: tuple[pd.DataFrame, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    from training.mlir import publish_mlir
+
+    root = tmp_path_factory.mktemp("mlir-models")
+    # LightGBM only and 3 folds keep this fixture to seconds; `perfcost train mlir` runs both candidates.
+    publish_mlir(
+        mlir_split[0],
+        Settings(model_dir=root),
+        environment={"cpu_model": "test CPU"},
+        n_splits=3,
+        candidates=("lightgbm",),
+    )
+    return root

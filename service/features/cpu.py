@@ -16,12 +16,16 @@ import math
 import re
 import zlib
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 
 FEATURE_VERSION = "cpu-1"
+
+# The four SPEC CPU2017 suites; a model serves those its training data held.
+Suite = Literal["FP_rate", "FP_speed", "Int_rate", "Int_speed"]
+SUITES: tuple[str, ...] = get_args(Suite)
 
 NUMERIC_FIELDS = (
     "nominal_mhz",

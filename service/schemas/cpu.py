@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StrictFloat, StrictInt, StrictStr, StringConstraints
+from pydantic import BaseModel, Field, StrictFloat, StrictStr, StringConstraints
 
-from service.schemas.common import Interval, ModelRef, Strict
+from service.features.cpu import Suite
+from service.schemas.common import Int, Interval, ModelRef, OptionalInt, Strict
 
 MAX_TEXT = 200
 MAX_KB = 1e12  # 1 PB: far past any machine; larger sizes are input errors, not predictions.
@@ -30,26 +31,26 @@ class CpuInstance(Strict):
         description="CPU model as SPEC writes it, e.g. 'Xeon Platinum 8260L', 'EPYC 7742'"
     )
     nominal_mhz: StrictFloat = Field(gt=0, le=20_000, description="Base clock (MHz)")
-    cores_per_socket: StrictInt = Field(gt=0, le=4096)
-    sockets: StrictInt = Field(gt=0, le=1024)
+    cores_per_socket: Int = Field(gt=0, le=4096)
+    sockets: Int = Field(gt=0, le=1024)
     # Everything else: optional, unknown when missing.
     max_mhz: StrictFloat | None = Field(default=None, gt=0, le=20_000, description="Max boost clock (MHz)")
-    cpus: StrictInt | None = Field(default=None, gt=0, le=1 << 20, description="Logical CPUs enabled")
-    threads_per_core: StrictInt | None = Field(default=None, gt=0, le=16)
-    numas: StrictInt | None = Field(default=None, gt=0, le=4096, description="NUMA nodes")
+    cpus: OptionalInt = Field(default=None, gt=0, le=1 << 20, description="Logical CPUs enabled")
+    threads_per_core: OptionalInt = Field(default=None, gt=0, le=16)
+    numas: OptionalInt = Field(default=None, gt=0, le=4096, description="NUMA nodes")
     l1d_cache_kb: StrictFloat | None = Field(default=None, ge=0, le=MAX_KB, description="L1 data, per core")
     l1i_cache_kb: StrictFloat | None = Field(default=None, ge=0, le=MAX_KB, description="L1 instr., per core")
     l2_cache_kb: StrictFloat | None = Field(default=None, ge=0, le=MAX_KB, description="L2 per core")
     l3_cache_kb: StrictFloat | None = Field(default=None, ge=0, le=MAX_KB, description="L3 per socket")
     mem_kb: StrictFloat | None = Field(default=None, gt=0, le=MAX_KB, description="Total memory (KB)")
-    mem_channels: StrictInt | None = Field(default=None, gt=0, le=1 << 16, description="Populated DIMMs")
+    mem_channels: OptionalInt = Field(default=None, gt=0, le=1 << 16, description="Populated DIMMs")
     channel_kb: StrictFloat | None = Field(default=None, gt=0, le=MAX_KB, description="Size of one DIMM")
     mem_data_rate: StrictFloat | None = Field(default=None, gt=0, le=100_000, description="Memory MT/s")
     storage_gb: StrictFloat | None = Field(default=None, ge=0, le=1e9)
     os_vid: StrictFloat | None = Field(
         default=None, ge=0, le=1000, description="OS release number, e.g. 12.4"
     )
-    threads_or_copies: StrictInt | None = Field(
+    threads_or_copies: OptionalInt = Field(
         default=None, gt=0, le=1 << 20, description="Copies (rate suites) or threads (speed suites) run"
     )
     hardware_vendor: Text | None = Field(default=None, description="System vendor, e.g. Dell")
@@ -66,11 +67,7 @@ class CpuInstance(Strict):
 
 class CpuPredictRequest(Strict):
     instances: list[CpuInstance] = Field(min_length=1, description="CPU systems to predict")
-    suite: str = Field(
-        min_length=1,
-        max_length=MAX_TEXT,
-        description="SPEC suite (see GET /v1/cpu/benchmarks), e.g. Int_rate",
-    )
+    suite: Suite = Field(description="SPEC CPU2017 suite (GET /v1/cpu/benchmarks lists those loaded)")
     coverage: StrictFloat = Field(
         default=0.9, gt=0.0, lt=1.0, description="Coverage of the prediction intervals"
     )

@@ -4,46 +4,56 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import Field, StrictFloat, StrictInt, model_validator
+from pydantic import ConfigDict, Field, StrictFloat, model_validator
 
 from service.devices import DeviceSpec
 from service.features.gemm import Dtype, Layout, Op
-from service.schemas.common import Interval, ModelRef, Strict
+from service.schemas.common import Int, Interval, ModelRef, OptionalInt, Strict
 
 MAX_DIM = 1 << 24  # 16M: far past any measured GEMM; larger sizes are input errors, not predictions.
 MAX_BATCH_DIM = 1 << 20
 
 
 class GemmInstance(Strict):
-    m: StrictInt = Field(gt=0, le=MAX_DIM, description="Rows of A and C")
-    n: StrictInt = Field(gt=0, le=MAX_DIM, description="Columns of B and C")
-    k: StrictInt = Field(gt=0, le=MAX_DIM, description="Shared dimension")
-    batch: StrictInt = Field(default=1, gt=0, le=MAX_BATCH_DIM)
+    # The schema states what one_device enforces, so clients and generated tests see it too.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["device"], "properties": {"device": {"type": "string"}}},
+                {"required": ["device_spec"], "properties": {"device_spec": {"type": "object"}}},
+            ]
+        }
+    )
+
+    m: Int = Field(gt=0, le=MAX_DIM, description="Rows of A and C")
+    n: Int = Field(gt=0, le=MAX_DIM, description="Columns of B and C")
+    k: Int = Field(gt=0, le=MAX_DIM, description="Shared dimension")
+    batch: Int = Field(default=1, gt=0, le=MAX_BATCH_DIM)
     op: Op = "gemm"
     dtype: Dtype = "float32"
     layout: Layout | None = None
     kernel: str | None = Field(default=None, max_length=200, description="Kernel name, e.g. a CUTLASS kernel")
-    tile_m: StrictInt | None = Field(default=None, gt=0, le=4096)
-    tile_n: StrictInt | None = Field(default=None, gt=0, le=4096)
-    tile_k: StrictInt | None = Field(default=None, gt=0, le=4096)
-    stages: StrictInt | None = Field(default=None, gt=0, le=64)
+    tile_m: OptionalInt = Field(default=None, gt=0, le=4096)
+    tile_n: OptionalInt = Field(default=None, gt=0, le=4096)
+    tile_k: OptionalInt = Field(default=None, gt=0, le=4096)
+    stages: OptionalInt = Field(default=None, gt=0, le=64)
     alpha: StrictFloat | None = None
     beta: StrictFloat | None = None
-    threads: StrictInt | None = Field(default=None, gt=0, le=4096, description="CPU threads used")
-    mwg: StrictInt | None = Field(default=None, gt=0, le=4096)
-    nwg: StrictInt | None = Field(default=None, gt=0, le=4096)
-    kwg: StrictInt | None = Field(default=None, gt=0, le=4096)
-    mdimc: StrictInt | None = Field(default=None, gt=0, le=4096)
-    ndimc: StrictInt | None = Field(default=None, gt=0, le=4096)
-    mdima: StrictInt | None = Field(default=None, gt=0, le=4096)
-    ndimb: StrictInt | None = Field(default=None, gt=0, le=4096)
-    kwi: StrictInt | None = Field(default=None, gt=0, le=4096)
-    vwm: StrictInt | None = Field(default=None, gt=0, le=64)
-    vwn: StrictInt | None = Field(default=None, gt=0, le=64)
-    strm: StrictInt | None = Field(default=None, ge=0, le=1)
-    strn: StrictInt | None = Field(default=None, ge=0, le=1)
-    sa: StrictInt | None = Field(default=None, ge=0, le=1)
-    sb: StrictInt | None = Field(default=None, ge=0, le=1)
+    threads: OptionalInt = Field(default=None, gt=0, le=4096, description="CPU threads used")
+    mwg: OptionalInt = Field(default=None, gt=0, le=4096)
+    nwg: OptionalInt = Field(default=None, gt=0, le=4096)
+    kwg: OptionalInt = Field(default=None, gt=0, le=4096)
+    mdimc: OptionalInt = Field(default=None, gt=0, le=4096)
+    ndimc: OptionalInt = Field(default=None, gt=0, le=4096)
+    mdima: OptionalInt = Field(default=None, gt=0, le=4096)
+    ndimb: OptionalInt = Field(default=None, gt=0, le=4096)
+    kwi: OptionalInt = Field(default=None, gt=0, le=4096)
+    vwm: OptionalInt = Field(default=None, gt=0, le=64)
+    vwn: OptionalInt = Field(default=None, gt=0, le=64)
+    strm: OptionalInt = Field(default=None, ge=0, le=1)
+    strn: OptionalInt = Field(default=None, ge=0, le=1)
+    sa: OptionalInt = Field(default=None, ge=0, le=1)
+    sb: OptionalInt = Field(default=None, ge=0, le=1)
     device: str | None = Field(default=None, min_length=1, max_length=200, description="Catalog device name")
     device_spec: DeviceSpec | None = Field(
         default=None, description="Inline specs of a device the catalog lacks"

@@ -18,9 +18,9 @@ from service.features import cpu as cpu_features
 from service.model import TabularModel
 from service.schemas.cpu import CpuInstance, CpuPredictRequest
 from service.settings import Settings
+from tests.conftest import CPU_BENCHMARKS as BENCHMARKS
+from tests.conftest import CPU_SUITE as SUITE
 
-SUITE = "Int_rate"
-BENCHMARKS = ["500.perlbench_r", "505.mcf_r"]
 GOOD: dict[str, Any] = {
     "vendor": "Intel",
     "model_name": "Xeon Platinum 8260L",
@@ -74,20 +74,8 @@ NEW_VENDOR: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path:
-    """Two Int_rate benchmarks and the suite score on 1,500 results (LightGBM, 3 folds: seconds)."""
-    from training.cpu import cpu_card, fit_spec_suite, target_stem
-    from training.data.cpu import SpecData, load_spec_cpu2017
-    from training.models import publish
-
-    root = tmp_path_factory.mktemp("cpu-service")
-    data = load_spec_cpu2017(Settings(data_mirror=mirror, data_home=root / "cache"), (SUITE,))
-    train = data.suites[SUITE].frame.sample(1500, random_state=0)
-    models = fit_spec_suite(train, SUITE, BENCHMARKS)
-    fitted = {target_stem(name): pair for name, pair in models.items()}
-    subset = SpecData(suites={SUITE: data.suites[SUITE]}, report=data.report, files=data.files)
-    publish(root / "models", "cpu", cpu_card(subset, fitted, 0.0), fitted)
-    return root / "models"
+def model_dir(cpu_model_dir: Path) -> Path:
+    return cpu_model_dir
 
 
 def make_client(model_dir: Path, **overrides) -> TestClient:
@@ -115,7 +103,7 @@ def test_valid_batch_has_model_version_and_ordered_intervals(client: TestClient)
     assert body["model"] == "cpu" and body["version"] and body["suite"] == SUITE
     assert len(body["predictions"]) == 2
     for row in body["predictions"]:
-        assert list(row["benchmarks"]) == BENCHMARKS
+        assert tuple(row["benchmarks"]) == BENCHMARKS
         for interval in [*row["benchmarks"].values(), row["score"]]:
             assert 0 < interval["low"] < interval["value"] < interval["high"]
         assert row["unavailable"] == {}
@@ -161,7 +149,7 @@ def test_benchmarks_lists_the_suites_of_the_loaded_model(client: TestClient) -> 
     assert r.status_code == 200
     body = r.json()
     assert body["model"] == "cpu" and body["version"]
-    assert body["suites"] == {SUITE: BENCHMARKS}
+    assert body["suites"] == {SUITE: list(BENCHMARKS)}
     assert body["score_method"] == "geomean_of_ratios"
 
 
@@ -182,7 +170,7 @@ def test_api_prediction_equals_in_process(client: TestClient, model_dir: Path) -
         ({"nominal_mhz": float("inf")}, "instances.0.nominal_mhz"),
         ({"sockets": "2"}, "instances.0.sockets"),
         ({"sockets": True}, "instances.0.sockets"),
-        ({"cpus": 96.0}, "instances.0.cpus"),
+        ({"cpus": 96.5}, "instances.0.cpus"),
         ({"cores_per_socket": 0}, "instances.0.cores_per_socket"),
         ({"max_mhz": -1}, "instances.0.max_mhz"),
         ({"l3_cache_kb": 1e15}, "instances.0.l3_cache_kb"),

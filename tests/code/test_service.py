@@ -149,6 +149,13 @@ def test_invalid_fields_are_422_naming_the_field(client: TestClient, instance: d
     assert all(d["reason"] for d in r.json()["detail"])
 
 
+def test_integral_json_numbers_are_integers(client: TestClient) -> None:
+    # 1024.0 is the JSON number 1024 (JSON Schema's integer too); the answer must not differ.
+    as_int = predict(client, GOOD).json()["predictions"]
+    as_float = predict(client, {**GOOD, "m": 1024.0, "tile_k": 16.0}).json()["predictions"]
+    assert as_float == as_int
+
+
 def test_nan_and_infinity_are_rejected(client: TestClient) -> None:
     for literal in ("NaN", "Infinity", "-Infinity"):
         body = f'{{"instances": [{{"m": 8, "n": 8, "k": 8, "device": "{RTX}", "beta": {literal}}}]}}'

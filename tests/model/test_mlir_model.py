@@ -13,58 +13,27 @@ import pytest
 from fastapi.testclient import TestClient
 from scipy.stats import spearmanr
 
+from service.app import create_app
 from service.features import mlir as F
 from service.model import TabularModel
-from service.registry import FeatureSpec
 from service.settings import Settings
-from training.data.mlir import load_mlir, measured
-from training.mlir import TARGET_OFFSETS, publish_mlir
-
-DATASET = Path(__file__).resolve().parents[2] / "datasets" / "mlir-cpu-local"
-PER_FAMILY_TRAIN = 14
-PER_FAMILY_TEST = 4
+from training.mlir import TARGET_OFFSETS
 
 
 @pytest.fixture(scope="module")
-def split() -> tuple[pd.DataFrame, pd.DataFrame]:
-    frame = measured(load_mlir(DATASET))
-    shuffled = frame.sample(frac=1.0, random_state=0)
-    train = shuffled.groupby("family", group_keys=False).head(PER_FAMILY_TRAIN)
-    rest = shuffled.drop(train.index)
-    test = rest.groupby("family", group_keys=False).head(PER_FAMILY_TEST)
-    return train.reset_index(drop=True), test.reset_index(drop=True)
+def split(mlir_split: tuple[pd.DataFrame, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return mlir_split
 
 
 @pytest.fixture(scope="module")
-def model_dir(split: tuple[pd.DataFrame, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("mlir-models")
-    # LightGBM only and 3 folds keep this fixture to seconds; `perfcost train mlir` runs both candidates.
-    publish_mlir(
-        split[0],
-        Settings(model_dir=root),
-        environment={"cpu_model": "test CPU"},
-        n_splits=3,
-        candidates=("lightgbm",),
-    )
-    return root
+def model_dir(mlir_model_dir: Path) -> Path:
+    return mlir_model_dir
 
 
 @pytest.fixture(scope="module")
 def client(model_dir: Path):
-    import service.app as app_module
-    from service.routers import mlir as mlir_router
-
-    # Until service/app.py registers the MLIR domain itself.
-    patched = "mlir" not in app_module.FEATURES
-    if patched:
-        app_module.FEATURES["mlir"] = FeatureSpec(F.FEATURE_VERSION, F.FEATURE_COLUMNS)
-    app = app_module.create_app(Settings(model_dir=model_dir))
-    if not any(getattr(r, "path", "") == "/v1/mlir/predict" for r in app.routes):
-        app.include_router(mlir_router.router)
-    with TestClient(app) as c:
+    with TestClient(create_app(Settings(model_dir=model_dir))) as c:
         yield c
-    if patched:
-        del app_module.FEATURES["mlir"]
 
 
 def test_card_records_domain_features_and_training_profile(model_dir: Path) -> None:

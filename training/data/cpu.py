@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from service.features.cpu import SPEC_FIELDS
+from service.features.cpu import SPEC_FIELDS, SUITES
 from service.settings import Settings
 from training.data.gemm import LoadReport, positive_mask
 from training.data.registry import DatasetError, fetch, get_spec
 
 log = logging.getLogger(__name__)
 
-SUITES = ("FP_rate", "FP_speed", "Int_rate", "Int_speed")
 SCORE = "score"
 # A benchmark ratio column: "503.bwaves_r"; its runtime twin is "t_503.bwaves_r".
 BENCHMARK = re.compile(r"^\d{3}\.\w+_[rs]$")

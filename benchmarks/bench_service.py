@@ -3,7 +3,9 @@
 Starts uvicorn on 127.0.0.1 over a published model directory, then:
 1. single-instance ``POST /v1/gemm/predict`` with intervals on, from N concurrent clients → p50/p99;
 2. one 10,000-instance batch, end to end → seconds;
-3. the same rows predicted in-process by the loaded model (features + trees, no HTTP) → the ratio.
+3. the same rows predicted in-process by the loaded model (features + trees, no HTTP) → the ratio;
+4. when the directory holds an ``mlir`` model: one ~10 KB MLIR program (from the committed dataset), one
+   client, sequential requests → p50/p99.
 
 Each measurement is repeated ``--repeats`` times and the median reported. Traffic goes to loopback only.
 
@@ -29,6 +31,7 @@ import numpy as np
 
 log = logging.getLogger("bench")
 
+MLIR_DATASET = Path(__file__).resolve().parents[1] / "datasets" / "mlir-cpu-local"
 INSTANCE = {"m": 1024, "n": 768, "k": 2048, "dtype": "float32", "device": "NVIDIA H100 80GB HBM3"}
 
 
@@ -76,6 +79,31 @@ def batch_rows(n: int) -> list[dict]:
     rng = np.random.default_rng(0)
     sizes = rng.integers(16, 8192, size=(n, 3))
     return [{"m": int(m), "n": int(nn), "k": int(k), "device": INSTANCE["device"]} for m, nn, k in sizes]
+
+
+def mlir_programs(*sizes: int) -> list[str]:
+    """For each size, the committed program closest to it in bytes, padded with a comment up to it."""
+    from training.data.mlir import load_mlir, measured
+
+    texts = [str(t) for t in measured(load_mlir(MLIR_DATASET))["mlir"]]
+    out = []
+    for size in sizes:
+        text = min(texts, key=lambda t: abs(len(t) - size))
+        out.append(text + ("\n// " + "x" * (size - len(text) - 4) if len(text) + 4 < size else ""))
+    return out
+
+
+def sequential_mlir_ms(url: str, text: str, requests: int) -> list[float]:
+    payload = {"instances": [{"mlir": text}]}
+    times = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for _ in range(requests):
+            started = time.perf_counter()
+            r = client.post("/v1/mlir/predict", json=payload)
+            times.append((time.perf_counter() - started) * 1e3)
+            if r.status_code != 200:
+                raise SystemExit(f"MLIR request failed: {r.status_code} {r.text[:200]}")
+    return times
 
 
 def in_process_seconds(model_dir: Path, rows: list[dict], repeats: int) -> float:
@@ -131,6 +159,14 @@ def main() -> None:
                 batch_times.append(time.perf_counter() - started)
                 if r.status_code != 200:
                     raise SystemExit(f"batch failed: {r.status_code} {r.text[:200]}")
+        mlir_p50s, mlir_p99s = [], []
+        if (args.model_dir / "mlir").is_dir():
+            (text,) = mlir_programs(10_000)
+            sequential_mlir_ms(url, text, 10)  # warm-up
+            for _ in range(args.repeats):
+                lat = np.array(sequential_mlir_ms(url, text, 100))
+                mlir_p50s.append(float(np.percentile(lat, 50)))
+                mlir_p99s.append(float(np.percentile(lat, 99)))
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -151,6 +187,12 @@ def main() -> None:
         "batch_http_over_in_process": statistics.median(batch_times) / batch_in_process,
         "load_average": os.getloadavg(),
     }
+    if mlir_p50s:
+        figures |= {
+            "mlir_10kb_p50_ms": statistics.median(mlir_p50s),
+            "mlir_10kb_p99_ms": statistics.median(mlir_p99s),
+            "mlir_10kb_p50_runs_ms": mlir_p50s,
+        }
     for key, value in figures.items():
         log.info("%-30s %s", key, value)
     if args.json:

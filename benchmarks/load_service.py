@@ -1,6 +1,7 @@
-"""Load and soak: many concurrent clients sending a mix of GEMM and CPU requests over loopback.
+"""Load and soak: many concurrent clients sending a mix of GEMM, CPU and MLIR requests over loopback.
 
-Starts uvicorn on 127.0.0.1 over a model directory holding ``gemm`` and ``cpu`` models, runs the mix for
+Starts uvicorn on 127.0.0.1 over a model directory holding ``gemm``, ``cpu`` and ``mlir`` models (MLIR
+requests are left out of the mix when there is no ``mlir`` model), runs the mix for
 ``--seconds`` with ``--clients`` concurrent clients, and reports per route: requests, errors, throughput,
 p50/p99 latency; plus the server's RSS after warm-up and at the end. With ``--reload-every S`` it also
 publishes a new version of the GEMM model (a copy of the newest, under a new name) and calls
@@ -42,18 +43,24 @@ CPU = {
 }
 
 
-def requests_mix(rng: random.Random) -> tuple[str, str, dict]:
+def requests_mix(rng: random.Random, mlir: list[str]) -> tuple[str, str, dict]:
+    """One request: 35% GEMM single, 15% GEMM batch of 100, 25% CPU single, 10% CPU batch of 20, and
+    10% one ~10 KB MLIR program, 5% a batch of 5 programs (their share goes to GEMM without MLIR)."""
     choice = rng.random()
-    if choice < 0.4:
+    if mlir and choice >= 0.85:
+        if choice < 0.95:
+            return "mlir single", "/v1/mlir/predict", {"instances": [{"mlir": mlir[0]}]}
+        return "mlir batch5", "/v1/mlir/predict", {"instances": [{"mlir": t} for t in mlir[:5]]}
+    if choice < 0.35 or choice >= 0.85:
         return (
             "gemm single",
             "/v1/gemm/predict",
             {"instances": [{**GEMM, "k": rng.choice((256, 1024, 4096))}]},
         )
-    if choice < 0.6:
+    if choice < 0.5:
         batch = [{**GEMM, "m": rng.randint(16, 8192), "k": rng.randint(16, 8192)} for _ in range(100)]
         return "gemm batch100", "/v1/gemm/predict", {"instances": batch}
-    if choice < 0.9:
+    if choice < 0.75:
         return "cpu single", "/v1/cpu/predict", {"instances": [CPU], "suite": "Int_rate"}
     return "cpu batch20", "/v1/cpu/predict", {"instances": [CPU] * 20, "suite": "FP_rate"}
 
@@ -78,7 +85,7 @@ def republish(model_dir: Path, index: int) -> str:
     return name
 
 
-async def run(args: argparse.Namespace, url: str, published: set[str]) -> dict:
+async def run(args: argparse.Namespace, url: str, published: set[str], mlir: list[str]) -> dict:
     latencies: dict[str, list[float]] = defaultdict(list)
     errors: dict[str, list[str]] = defaultdict(list)
     versions_seen: set[str] = set()
@@ -89,7 +96,7 @@ async def run(args: argparse.Namespace, url: str, published: set[str]) -> dict:
         async def worker(seed: int) -> None:
             rng = random.Random(seed)
             while time.monotonic() < deadline:
-                route, path, body = requests_mix(rng)
+                route, path, body = requests_mix(rng, mlir)
                 started = time.perf_counter()
                 try:
                     r = await client.post(path, json=body)
@@ -99,7 +106,7 @@ async def run(args: argparse.Namespace, url: str, published: set[str]) -> dict:
                 latencies[route].append(time.perf_counter() - started)
                 if r.status_code != 200:
                     errors[route].append(f"{r.status_code}: {r.text[:200]}")
-                elif path.startswith("/v1/gemm"):
+                elif path.startswith("/v1/gemm"):  # the model that is republished and reloaded
                     versions_seen.add(r.json()["version"])
 
         async def reloader() -> None:
@@ -158,18 +165,20 @@ def main() -> None:
     published = {p.name for p in (work / "gemm").iterdir() if p.is_dir()}
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_service import free_port, start_server  # noqa: PLC0415 - sibling script, not a package
+    from bench_service import free_port, mlir_programs, start_server  # noqa: PLC0415 - sibling script
 
     os.environ["PERFCOST_ADMIN_TOKEN"] = TOKEN
     os.environ["PERFCOST_MAX_BATCH"] = "10000"
+    # The first is a ~10 KB program; the others, smaller ones, fill the batches.
+    mlir = mlir_programs(10_000, 2_000, 4_000, 6_000, 8_000) if (work / "mlir").is_dir() else []
     port = free_port()
     proc = start_server(work, port)
     url = f"http://127.0.0.1:{port}"
     try:
         warm = argparse.Namespace(**{**vars(args), "seconds": 3, "reload_every": 0})
-        asyncio.run(run(warm, url, published))
+        asyncio.run(run(warm, url, published, mlir))
         rss_start = rss_mib(proc.pid)
-        report = asyncio.run(run(args, url, published))
+        report = asyncio.run(run(args, url, published, mlir))
         report["rss_mib_after_warmup"] = round(rss_start, 1)
         report["rss_mib_end"] = round(rss_mib(proc.pid), 1)
         report["rss_growth"] = round(report["rss_mib_end"] / rss_start - 1, 4)

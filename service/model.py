@@ -101,11 +101,20 @@ class TargetModel:
     def predict(self, matrix: np.ndarray, coverage: float, seen: np.ndarray) -> Prediction:
         """Value and conformal interval; ``seen`` marks rows whose device this target was trained on."""
         center = self.predict_log(matrix)
-        # Without leave-one-device-out residuals there is no honest interval for a new device: NaN, which
-        # the domain reports as unavailable.
-        unseen = halfwidth(self.calibration["unseen"], coverage) if "unseen" in self.calibration else np.nan
-        width = np.where(seen, halfwidth(self.calibration["seen"], coverage), unseen)
+        width = self.halfwidths(coverage, seen)
         return Prediction(np.exp(center), np.exp(center - width), np.exp(center + width))
+
+    def halfwidths(self, coverage: float, seen: np.ndarray) -> np.ndarray:
+        """Log-scale half-width per row: the "seen" calibration for rows like the training data, the
+        "unseen" one (held-out devices, families or CPU models) for the others."""
+        inside = halfwidth(self.calibration["seen"], coverage)
+        if "unseen" not in self.calibration:
+            # Without held-out-group residuals there is no honest interval for a new group: NaN, which
+            # the domain reports as unavailable.
+            return np.where(seen, inside, np.nan)
+        # Never narrower outside the training distribution than inside, whatever the calibration sample.
+        outside = max(halfwidth(self.calibration["unseen"], coverage), inside)
+        return np.where(seen, inside, outside)
 
 
 class TabularModel:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from service.features import cpu as features
-from service.model import TabularModel, halfwidth
+from service.model import TabularModel
 from service.schemas.cpu import CpuInstance
 
 SCORE = "score"
@@ -114,11 +114,7 @@ def predict(
         raise _invalid(exc) from exc
     matrix = table.to_numpy(dtype=float)
     centers = np.stack([model.targets[stem].predict_log(matrix) for stem in chosen.stems])
-    widths = []
-    for stem in (*chosen.stems, chosen.score_stem):
-        calibration = model.targets[stem].calibration
-        unseen = halfwidth(calibration["unseen"], coverage) if "unseen" in calibration else np.nan
-        widths.append(np.where(seen, halfwidth(calibration["seen"], coverage), unseen))
+    widths = [model.targets[stem].halfwidths(coverage, seen) for stem in (*chosen.stems, chosen.score_stem)]
     score = np.exp(centers.mean(axis=0))
     values = np.exp(centers)
 

@@ -6,7 +6,6 @@ import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request
-from starlette.concurrency import run_in_threadpool
 
 from service.deps import CatalogDep, RegistryDep, SettingsDep, SnapshotDep
 from service.model import TabularModel
@@ -91,5 +90,5 @@ async def reload(
             status_code=401,
             detail=[{"field": "authorization", "reason": "missing or wrong 'Authorization: Bearer <token>'"}],
         )
-    await run_in_threadpool(request.app.state.reload)
+    await request.app.state.reload()
     return registry.status()

@@ -183,13 +183,8 @@ def test_check_mlir_ignores_braces_in_strings_and_blobs() -> None:
 @pytest.fixture
 def client(tmp_path: Path):
     from service.app import create_app
-    from service.routers import mlir as mlir_router
 
-    app = create_app(Settings(model_dir=tmp_path / "models"))
-    # Until service/app.py registers the router itself.
-    if not any(getattr(r, "path", "") == "/v1/mlir/predict" for r in app.routes):
-        app.include_router(mlir_router.router)
-    with TestClient(app) as c:
+    with TestClient(create_app(Settings(model_dir=tmp_path / "models"))) as c:
         yield c
 
 

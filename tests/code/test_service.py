@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -377,6 +378,21 @@ def test_end_to_end_over_real_uvicorn(model_dir: Path, tmp_path: Path) -> None:
         values = [p["runtime_ms"]["value"] for p in r.json()["predictions"]]
         assert np.allclose(values, values[0]) and values[0] > 0
         assert httpx.get(f"{url}/openapi.json", timeout=5).json()["paths"]["/v1/gemm/predict"]
+
+        # SIGHUP picks up a newly published version.
+        (old,) = (p for p in (model_dir / "gemm").iterdir() if p.is_dir())
+        new = model_dir / "gemm" / f"{old.name}-hup"
+        shutil.copytree(old, new)
+        card = json.loads((new / "card.json").read_text())
+        (new / "card.json").write_text(json.dumps({**card, "version": new.name}))
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 20
+        while httpx.get(f"{url}/v1/models/gemm", timeout=5).json()["version"] != new.name:
+            assert time.time() < deadline, "SIGHUP did not load the new version in 20 s"
+            time.sleep(0.2)
+        r = httpx.post(f"{url}/v1/gemm/predict", json={"instances": [GOOD]}, timeout=10)
+        assert r.json()["version"] == new.name
+        assert proc.poll() is None
     finally:
         proc.terminate()
         proc.wait(timeout=20)

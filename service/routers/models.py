@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, HTTPException, Request
 
 from service.deps import CatalogDep, RegistryDep, SettingsDep, SnapshotDep
 from service.model import TabularModel
+from service.registry import Snapshot
 
 router = APIRouter(tags=["models"])
 
@@ -44,9 +45,8 @@ async def models(snapshot: SnapshotDep) -> dict[str, Any]:
     return {"models": [_public_card(m) for m in snapshot.models.values()], "refused": refused}
 
 
-@router.get("/v1/models/{name}")
-async def model_card(name: str, snapshot: SnapshotDep) -> dict[str, Any]:
-    """One loaded model's card. Names are looked up among loaded models, never on the filesystem."""
+def _loaded(name: str, snapshot: Snapshot) -> TabularModel:
+    # Names are looked up among loaded models, never on the filesystem.
     model = snapshot.get(name)
     if model is None:
         raise HTTPException(
@@ -55,7 +55,29 @@ async def model_card(name: str, snapshot: SnapshotDep) -> dict[str, Any]:
                 {"field": "name", "reason": f"no loaded model named {name!r}; GET /v1/models lists them"}
             ],
         )
-    return _public_card(model)
+    return model
+
+
+@router.get("/v1/models/{name}")
+async def model_card(name: str, snapshot: SnapshotDep) -> dict[str, Any]:
+    """The card of the version of a model that is serving."""
+    return _public_card(_loaded(name, snapshot))
+
+
+@router.get("/v1/models/{name}/versions/{version}")
+async def model_version_card(name: str, version: str, snapshot: SnapshotDep) -> dict[str, Any]:
+    """The card of one version, if it is the one serving; otherwise why not."""
+    model = _loaded(name, snapshot)
+    if model.version == version:
+        return _public_card(model)
+    refused = next((r for r in snapshot.refused if r.model == name and r.version == version), None)
+    why = f"was refused: {refused.reason}" if refused else "is not loaded"
+    raise HTTPException(
+        status_code=404,
+        detail=[
+            {"field": "version", "reason": f"version {version!r} of {name!r} {why}; {model.version!r} serves"}
+        ],
+    )
 
 
 @router.get("/v1/devices")

@@ -291,6 +291,16 @@ def test_tampered_model_file_is_refused_and_previous_version_serves(model_dir: P
         refused = c.get("/v1/models").json()["refused"]
         assert refused[0]["version"] == bad.name and "sha256" in refused[0]["reason"]
         assert c.get("/readyz").json()["refused"][0]["version"] == bad.name
+        assert c.get(f"/v1/models/gemm/versions/{good}").json()["version"] == good
+        r = c.get(f"/v1/models/gemm/versions/{bad.name}")
+        assert r.status_code == 404 and "was refused" in r.json()["detail"][0]["reason"]
+        for version in ("20000101T000000Z", "%2E%2E"):
+            r = c.get(f"/v1/models/gemm/versions/{version}")
+            assert r.status_code == 404 and r.json()["detail"][0]["field"] == "version", version
+            assert "is not loaded" in r.json()["detail"][0]["reason"]
+        r = c.get("/v1/models/gemm/versions/..%2F..%2Fetc%2Fpasswd")
+        assert r.status_code == 404 and r.json()["detail"][0]["reason"]
+        assert c.get(f"/v1/models/nope/versions/{good}").json()["detail"][0]["field"] == "name"
 
 
 def test_feature_version_mismatch_is_refused(model_dir: Path) -> None:

@@ -22,6 +22,7 @@ RUN python -m pip install --quiet -c constraints.txt -e .
 ARG PERFCOST_DATA_MIRROR=
 ENV PERFCOST_DATA_MIRROR=${PERFCOST_DATA_MIRROR} PERFCOST_MODEL_DIR=/app/models MPLBACKEND=Agg
 RUN perfcost train gemm
+RUN perfcost train mlir
 
 # --- runtime: non-root, models baked in ---
 FROM python:3.11-slim AS runtime
@@ -34,4 +35,5 @@ USER perfcost
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s --start-period=20s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
-ENTRYPOINT ["uvicorn", "--factory", "service.app:app_from_env", "--host", "0.0.0.0", "--port", "8000"]
+# perfcost serve runs uvicorn on service.app:app_from_env with the limits and timeouts of the settings.
+ENTRYPOINT ["perfcost", "serve", "--no-train-if-empty"]

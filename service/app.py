@@ -72,11 +72,13 @@ class Metrics:
 
 
 class LimitsAndMetrics:
-    """Pure ASGI middleware: rejects bodies over the limit (413) and records count and latency per route."""
+    """Pure ASGI middleware: rejects bodies over the limit (413), answers 503 when a request outlives its
+    time budget before its response started, and records count and latency per route."""
 
-    def __init__(self, app: ASGIApp, max_body: int, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, max_body: int, timeout_s: float, metrics: Metrics) -> None:
         self.app = app
         self.max_body = max_body
+        self.timeout_s = timeout_s
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -110,16 +112,31 @@ class LimitsAndMetrics:
                     raise BodyTooLarge
             return message
 
+        response_started = False
+
         async def tracking_send(message: Message) -> None:
+            nonlocal response_started
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                response_started = True
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            async with asyncio.timeout(self.timeout_s):
+                await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             await JSONResponse(too_big, status_code=413)(scope, receive, send)
             status_holder["status"] = 413
+        except TimeoutError:
+            if response_started:
+                raise  # part of the answer is out: a 503 can no longer be sent
+            reason = (
+                f"the request took longer than its {self.timeout_s:g} s budget (PERFCOST_REQUEST_TIMEOUT_S)"
+            )
+            await JSONResponse({"detail": [{"field": "request", "reason": reason}]}, status_code=503)(
+                scope, receive, send
+            )
+            status_holder["status"] = 503
         self._record(scope, status_holder["status"], started)
 
     def _record(self, scope: Scope, status: int, started: float) -> None:
@@ -231,7 +248,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
         )
 
-    app.add_middleware(LimitsAndMetrics, max_body=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        LimitsAndMetrics,
+        max_body=settings.max_body_bytes,
+        timeout_s=settings.request_timeout_s,
+        metrics=metrics,
+    )
     return app
 
 

@@ -41,10 +41,19 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
 
+    # Request limits and server timeouts: every one of them is set here.
     max_batch: int = Field(default=10_000, ge=1, description="Most instances one request may carry.")
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Largest request body accepted."
     )
+    max_program_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Largest MLIR program (UTF-8 bytes) one instance may carry."
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="Time budget of one request; past it the answer is 503."
+    )
+    keep_alive_s: int = Field(default=5, ge=1, description="Idle keep-alive connections close after this.")
+    graceful_shutdown_s: int = Field(default=10, ge=1, description="In-flight requests get this to finish.")
     admin_token: SecretStr | None = Field(
         default=None, description="Token for POST /v1/admin/reload; reload is disabled when unset."
     )

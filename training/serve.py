@@ -11,19 +11,28 @@ import uvicorn
 from service.model import list_versions
 from service.settings import Settings
 from training.cpu import train_cpu_model
+from training.data.mlir import DEFAULT_DIR
 from training.data.registry import get_spec, is_available
+from training.mlir import train_mlir_model
 from training.train import default_gemm_datasets, train_gemm_model
 
 log = logging.getLogger(__name__)
 
+MLIR_DATASET = DEFAULT_DIR.name
+
 
 def ensure_default_models(settings: Settings) -> None:
     """Train what the model directory lacks: a GEMM model from bundled data plus cached or mirrored public
-    data, and a CPU model when SPEC CPU2017 is cached or mirrored (otherwise say how to add it)."""
+    data, an MLIR model from the bundled programs, and a CPU model when SPEC CPU2017 is cached or
+    mirrored (otherwise say how to add it)."""
     if not list_versions(settings.model_dir, "gemm"):
         datasets = default_gemm_datasets(settings)
         log.info("no GEMM model in %s: training one on %s", settings.model_dir, ", ".join(datasets))
         train_gemm_model(datasets, settings)
+    mlir_data = settings.bundled_data_dir / MLIR_DATASET
+    if not list_versions(settings.model_dir, "mlir") and (mlir_data / "programs.jsonl.gz").is_file():
+        log.info("no MLIR model in %s: training one on %s (a few minutes)", settings.model_dir, mlir_data)
+        train_mlir_model(settings, mlir_data)
     if not list_versions(settings.model_dir, "cpu"):
         if is_available(get_spec("spec-cpu2017"), settings):
             log.info("no CPU model in %s: training one on spec-cpu2017 (a few minutes)", settings.model_dir)
@@ -55,7 +64,7 @@ def serve(
         host=host or settings.host,
         port=port or settings.port,
         workers=workers or settings.workers,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=10,
+        timeout_keep_alive=settings.keep_alive_s,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
         log_level="info",
     )

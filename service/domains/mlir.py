@@ -16,7 +16,7 @@ import numpy as np
 
 from service.features import mlir as features
 from service.model import TabularModel
-from service.schemas.mlir import MAX_PROGRAM_BYTES, MlirInstance
+from service.schemas.mlir import MlirInstance
 
 TARGETS = ("runtime_ms", "instructions", "vector_registers", "spills", "utilization")
 OOD_DEVICE = "<out-of-distribution program>"
@@ -38,15 +38,16 @@ class ProgramError(ValueError):
         self.status = status
 
 
-def check_instances(instances: list[MlirInstance]) -> None:
+def check_instances(instances: list[MlirInstance], max_bytes: int) -> None:
     """Size first (413), then form (422): the first failing instance raises :class:`ProgramError`."""
     for i, inst in enumerate(instances):
         size = len(inst.mlir.encode("utf-8"))
-        if size > MAX_PROGRAM_BYTES:
+        if size > max_bytes:
             raise ProgramError(
                 i,
                 413,
-                f"the program is {size} bytes, more than the limit of {MAX_PROGRAM_BYTES} bytes (1 MiB)",
+                f"the program is {size} bytes, more than the limit of {max_bytes} bytes "
+                "(PERFCOST_MAX_PROGRAM_BYTES)",
             )
     for i, inst in enumerate(instances):
         try:

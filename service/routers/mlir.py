@@ -30,7 +30,7 @@ THREADPOOL_BYTES = 256 * 1024
 async def predict(request: MlirPredictRequest, snapshot: SnapshotDep, settings: SettingsDep) -> JSONResponse:
     check_batch(len(request.instances), settings)
     try:
-        mlir.check_instances(request.instances)
+        mlir.check_instances(request.instances, settings.max_program_bytes)
     except mlir.ProgramError as exc:
         raise HTTPException(
             status_code=exc.status, detail=[{"field": f"instances.{exc.index}.mlir", "reason": str(exc)}]

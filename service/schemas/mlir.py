@@ -6,13 +6,11 @@ from pydantic import BaseModel, Field, StrictFloat, StrictStr
 
 from service.schemas.common import Interval, ModelRef, Strict
 
-MAX_PROGRAM_BYTES = 1 << 20  # 1 MiB of UTF-8 text per program; larger programs are answered with 413.
-
 
 class MlirInstance(Strict):
     mlir: StrictStr = Field(
         description="A program as MLIR text (a module or func.func; linalg, torch/ONNX or other dialects), "
-        f"at most {MAX_PROGRAM_BYTES} bytes"
+        "at most PERFCOST_MAX_PROGRAM_BYTES (1 MiB by default)"
     )
 
 

@@ -199,6 +199,14 @@ def test_api_answers_422_for_text_that_is_not_mlir(client: TestClient, text: str
     assert detail["field"] == "instances.1.mlir" and reason in detail["reason"]
 
 
+def test_program_size_limit_comes_from_settings(tmp_path: Path) -> None:
+    from service.app import create_app
+
+    with TestClient(create_app(Settings(model_dir=tmp_path, max_program_bytes=2048))) as c:
+        r = c.post("/v1/mlir/predict", json={"instances": [{"mlir": MATMUL + "//" + "x" * 2048}]})
+        assert r.status_code == 413 and "PERFCOST_MAX_PROGRAM_BYTES" in r.json()["detail"][0]["reason"]
+
+
 def test_api_answers_413_beyond_one_mib_and_422_for_bad_fields(client: TestClient) -> None:
     big = MATMUL + "//" + "x" * (1 << 20)
     r = client.post("/v1/mlir/predict", json={"instances": [{"mlir": big}]})

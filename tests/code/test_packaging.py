@@ -29,8 +29,9 @@ def test_package_install_step_is_shared() -> None:
 
 
 def test_models_are_trained_by_the_documented_command() -> None:
-    assert "perfcost train gemm" in dockerfile_runs()
-    assert "perfcost train gemm" in readme_commands()
+    for command in ("perfcost train gemm", "perfcost train mlir"):
+        assert command in dockerfile_runs()
+        assert command in readme_commands()
 
 
 def test_quick_start_is_two_commands_and_ci_runs_the_test_one() -> None:
@@ -47,7 +48,7 @@ def test_quick_start_is_two_commands_and_ci_runs_the_test_one() -> None:
 def test_image_runs_the_same_app_factory_as_perfcost_serve() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     serve = (ROOT / "training" / "serve.py").read_text()
-    assert '"service.app:app_from_env"' in serve
-    assert '"--factory", "service.app:app_from_env"' in dockerfile
+    assert '"service.app:app_from_env"' in serve and "factory=True" in serve
+    assert 'ENTRYPOINT ["perfcost", "serve", "--no-train-if-empty"]' in dockerfile
     assert re.search(r"^USER perfcost$", dockerfile, flags=re.M), "the image must not run as root"
     assert "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile

@@ -210,6 +210,16 @@ def test_batch_over_the_limit_is_413(model_dir: Path) -> None:
         assert r.status_code == 413 and "limit of 3" in r.json()["detail"][0]["reason"]
 
 
+def test_request_over_its_time_budget_is_503_naming_the_setting(model_dir: Path) -> None:
+    rows = [{**GOOD, "m": 16 + i} for i in range(5000)]
+    with make_client(model_dir, request_timeout_s=0.01) as c:
+        r = predict(c, *rows)
+        assert r.status_code == 503
+        detail = r.json()["detail"][0]
+        assert detail["field"] == "request" and "PERFCOST_REQUEST_TIMEOUT_S" in detail["reason"]
+        assert c.get("/healthz").status_code == 200  # quick requests still fit the budget
+
+
 def test_body_over_the_limit_is_413(model_dir: Path) -> None:
     with make_client(model_dir, max_body_bytes=2048) as c:
         r = predict(c, *[GOOD] * 50)

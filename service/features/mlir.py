@@ -31,7 +31,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-FEATURE_VERSION = "mlir-1"
+FEATURE_VERSION = "mlir-2"
 
 # Op names counted one by one: what linalg-on-tensors programs and IREE's ONNX importer produce. Ops
 # outside this list are still counted per dialect and as unknown (and flagged as out of distribution
@@ -184,6 +184,7 @@ _COST = (
     "generic_parallel_ops",
     "generic_body_ops",
     "transcendental_ops",
+    "work_ops",
 )
 _STRUCTURE = (
     "ops_total",
@@ -385,9 +386,40 @@ def _linalg_cost(name: str, line: str) -> tuple[float, float, str, float, float]
         return 2.0 * out.elements * window, nbytes, "conv", 0.0, 0.0
     if short in POOLING and len(ins) > 1:
         return out.elements * ins[1].elements, nbytes, "pool", 0.0, 0.0
+    if short == "transpose" and ins and _relabels_unit_dims(ins[0].shape, line):
+        return 0.0, 0.0, "reshape", 0.0, 0.0
     if short in MOVEMENT:
         return 0.0, nbytes, "movement", 0.0, 0.0
     return 0.0, nbytes, "generic", 0.0, 0.0
+
+
+_PERMUTATION = re.compile(r"permutation\s*=\s*\[([\d,\s]*)\]")
+_ITERATORS = re.compile(r"iterator_types\s*=\s*\[([^\]]*)\]")
+
+
+def _relabels_unit_dims(shape: tuple[int, ...], line: str) -> bool:
+    """A transpose that keeps every dimension larger than 1 in order only renames unit dimensions: a
+    reshape, which compilers fold into a view (IREE emits no dispatch for it)."""
+    m = _PERMUTATION.search(line)
+    if not m:
+        return False
+    perm = [int(p) for p in m.group(1).split(",") if p.strip()]
+    if sorted(perm) != list(range(len(shape))):
+        return False
+    moved = [p for p in perm if shape[p] != 1]
+    return moved == sorted(moved)
+
+
+def _reduces_only_unit_dims(line: str, shape: tuple[int, ...]) -> bool:
+    """A linalg.generic whose every reduction dimension has extent 1 combines each element with the
+    init value once: with a single body op it is a copy (or a reshape), which compilers fold."""
+    m = _ITERATORS.search(line)
+    if not m:
+        return False
+    kinds = re.findall(r'"(\w+)"', m.group(1))
+    if len(kinds) != len(shape) or "reduction" not in kinds:
+        return False
+    return all(extent == 1 for kind, extent in zip(kinds, shape, strict=True) if kind == "reduction")
 
 
 def _onnx_cost(name: str, line: str) -> tuple[float, float, str, float, float]:
@@ -453,7 +485,7 @@ def summarize(text: str) -> Summary:
     flops = {"contraction": 0.0, "conv": 0.0, "pool": 0.0, "elementwise": 0.0, "reduction": 0.0}
     total_bytes = movement_bytes = max_op = max_k = 0.0
     min_mn = math.inf
-    generic_red = generic_par = body_ops = transcendental = 0
+    generic_red = generic_par = body_ops = transcendental = work_ops = 0
     depth = max_depth = regions = 0
     # The linalg.generic being read: its iteration space and whether it reduces; its body ops are
     # counted until the region closes.
@@ -488,6 +520,7 @@ def summarize(text: str) -> Summary:
                 generic_par += not reduces
                 generic = {"space": space, "body": 0.0, "trans": 0.0, "reduces": float(reduces), "bytes": 0.0}
                 generic_shape = max(types, key=lambda t: t.elements).shape if types else ()
+                generic["unit_reduction"] = float(_reduces_only_unit_dims(line, generic_shape))
                 m = _IN_OUT.search(line)
                 if m:
                     generic["bytes"] = sum(t.nbytes for t in parse_types(m.group(1) + "," + m.group(2)))
@@ -499,6 +532,8 @@ def summarize(text: str) -> Summary:
                 out_types = parse_types(line.rsplit("->", 1)[-1])
                 consider(name, f or b, out_types[-1].shape if out_types else (), k)
                 total_bytes += b
+                # A fill only initialises what its consumer writes; compilers fuse it into that consumer.
+                work_ops += cls not in ("reshape", "other") and name != "linalg.fill"
                 if cls in flops:
                     flops[cls] += f
                     max_op = max(max_op, f)
@@ -511,18 +546,20 @@ def summarize(text: str) -> Summary:
         regions += max(0, opened - closed)
         max_depth = max(max_depth, depth)
         if generic is not None and depth <= generic_depth and "}" in code:
-            # Exp-like functions cost several FLOPs per element on a CPU.
-            per_element = max(1.0, generic["body"] + 7.0 * generic["trans"])
-            f = generic["space"] * per_element
-            flops["reduction" if generic["reduces"] else "elementwise"] += f
-            max_op = max(max_op, f)
-            total_bytes += generic["bytes"]
-            consider(
-                "linalg.generic",
-                f,
-                generic_shape,
-                generic_shape[-1] if generic["reduces"] and generic_shape else 0.0,
-            )
+            if not (generic["unit_reduction"] and generic["body"] <= 1):  # else a copy in disguise: no work
+                work_ops += 1
+                # Exp-like functions cost several FLOPs per element on a CPU.
+                per_element = max(1.0, generic["body"] + 7.0 * generic["trans"])
+                f = generic["space"] * per_element
+                flops["reduction" if generic["reduces"] else "elementwise"] += f
+                max_op = max(max_op, f)
+                total_bytes += generic["bytes"]
+                consider(
+                    "linalg.generic",
+                    f,
+                    generic_shape,
+                    generic_shape[-1] if generic["reduces"] and generic_shape else 0.0,
+                )
             generic = None
 
     types = parse_types(stripped)
@@ -575,6 +612,7 @@ def summarize(text: str) -> Summary:
     values["generic_parallel_ops"] = float(generic_par)
     values["generic_body_ops"] = float(body_ops)
     values["transcendental_ops"] = float(transcendental)
+    values["work_ops"] = float(work_ops)
 
     known_ops, known_dialects = set(KNOWN_OPS), set(DIALECTS)
     values["ops_total"] = float(sum(summary.ops.values()))

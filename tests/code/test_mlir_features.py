@@ -129,6 +129,45 @@ def test_collected_onnx_programs_from_the_dataset() -> None:
     assert found >= 6
 
 
+def _transpose(shape: str, out: str, perm: str) -> str:
+    return f"""func.func @main(%a: tensor<{shape}xf32>) -> tensor<{out}xf32> {{
+  %e = tensor.empty() : tensor<{out}xf32>
+  %t = linalg.transpose ins(%a : tensor<{shape}xf32>) outs(%e : tensor<{out}xf32>) permutation = [{perm}]
+  return %t : tensor<{out}xf32>
+}}"""
+
+
+def _max_over_first_axis(rows: int) -> str:
+    maps = "[affine_map<(d0, d1) -> (d0, d1)>, affine_map<(d0, d1) -> (d1)>]"
+    return f"""func.func @main(%a: tensor<{rows}x778xf32>) -> tensor<778xf32> {{
+  %c = arith.constant 0xFF800000 : f32
+  %e = tensor.empty() : tensor<778xf32>
+  %f = linalg.fill ins(%c : f32) outs(%e : tensor<778xf32>) -> tensor<778xf32>
+  %r = linalg.generic {{indexing_maps = {maps}, iterator_types = ["reduction", "parallel"]}}
+      ins(%a : tensor<{rows}x778xf32>) outs(%f : tensor<778xf32>) {{
+  ^bb0(%x: f32, %o: f32):
+    %y = arith.maximumf %x, %o : f32
+    linalg.yield %y : f32
+  }} -> tensor<778xf32>
+  return %r : tensor<778xf32>
+}}"""
+
+
+def test_work_that_compilers_fold_away_counts_as_none() -> None:
+    """IREE emits no dispatch for a transpose that only moves unit dimensions or a reduction over unit
+    axes (27 of the dataset's 28 zero-dispatch programs): they must not look like work."""
+    for folded, real in [
+        (_transpose("1x17", "17x1", "1, 0"), _transpose("3x17", "17x3", "1, 0")),
+        (_transpose("8x1x9", "1x8x9", "1, 0, 2"), _transpose("8x2x9", "2x8x9", "1, 0, 2")),
+        (_max_over_first_axis(1), _max_over_first_axis(4)),
+    ]:
+        none, some = F.summarize(folded).values, F.summarize(real).values
+        assert none["work_ops"] == 0 and some["work_ops"] == 1, folded
+        assert none["log_bytes"] < some["log_bytes"], folded
+    assert F.summarize(_transpose("1x17", "17x1", "1, 0")).values["log_movement_bytes"] == 0
+    assert F.summarize(_max_over_first_axis(1)).values["log_flops"] == 0
+
+
 def test_unknown_ops_and_dialects_are_counted_not_fatal() -> None:
     text = """module {
   func.func @f(%a: tensor<8xf32>) -> tensor<8xf32> {

@@ -54,7 +54,9 @@ def make_candidate(
             subsample=0.8,
             subsample_freq=1,
             colsample_bytree=1.0 if large else 0.8,
-            reg_lambda=1.0,
+            # No L2 penalty on large data: 3-fold CV on uci-sgemm's training split (128k-row fits) gave
+            # 2.31% MAPE without it, 2.54% with reg_lambda 1 (the test split played no part).
+            reg_lambda=0.0 if large else 1.0,
             monotone_constraints=monotone,
             monotone_constraints_method="advanced",
             random_state=random_state,

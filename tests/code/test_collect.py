@@ -159,17 +159,27 @@ def test_repeated_sigkills_at_random_moments_lose_and_duplicate_nothing(tmp_path
     out = tmp_path / "killed"
     csv_path = out / collect.MEASUREMENTS
     rng = random.Random(20261129)
-    lines = []
-    for _ in range(6):
-        # About 0.05 s per configuration; a kill lands anywhere from interpreter start-up to mid-write.
+
+    def lines() -> int:
+        return csv_path.read_bytes().count(b"\n") if csv_path.exists() else 0
+
+    mid_sweep = 0
+    for i in range(6):
         proc = subprocess.Popen(
             command(out, "0.05"), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        time.sleep(rng.uniform(0.3, 3.0))
+        if i % 3 == 0:
+            time.sleep(rng.uniform(0.05, 1.0))  # most likely during start-up or recovery
+        else:
+            # Once this run is writing rows (about 0.05 s each), at a random moment, often mid-write.
+            before, deadline = lines(), time.monotonic() + 60
+            while lines() == before and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.5))
+            mid_sweep += lines() > before
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        lines.append(csv_path.read_bytes().count(b"\n") if csv_path.exists() else 0)
-    assert 1 < lines[-1] < n + 1, f"the kills should land mid-sweep; lines after each kill: {lines}"
+    assert mid_sweep == 4 and lines() < n + 1, f"four kills should land mid-sweep, {mid_sweep} did"
     subprocess.run(command(out, "0.001"), cwd=tmp_path, env=env, capture_output=True, check=True, timeout=300)
     rows = _rows(csv_path)
     keys = [r["key"] for r in rows]

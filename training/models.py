@@ -4,9 +4,10 @@
 ``self``, learned state ends in ``_``; it is fit on named DataFrame columns. It picks the better of a
 LightGBM and a random-forest candidate by K-fold CV on its training data only, keeps the out-of-fold
 residuals as split-conformal calibration ("seen" devices; on data too large for full CV, the residuals
-of a deployed-size model on rows held out from its fit instead), and, when the rows span three or more devices,
-also runs leave-one-device-out CV for the calibration of devices it never saw ("unseen"). Columns named
-in ``increasing`` are monotone constraints: the prediction never decreases as one of them grows.
+of a deployed-size model on rows held out from its fit instead), and, when the rows span three or more
+devices, also runs leave-one-device-out CV for the calibration of devices it never saw ("unseen").
+Columns named in ``increasing`` are monotone constraints: the prediction never decreases as one of them
+grows.
 """
 
 from __future__ import annotations

@@ -186,7 +186,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     catalog = DeviceCatalog.default(settings.device_dir)
     metrics = Metrics()
 
-    # Every load runs on this one thread, so model memory comes from and returns to one malloc arena.
+    # Every load runs on this one thread, so model memory comes from and returns to one malloc arena. It
+    # lives as long as the app: a lifespan may run more than once (each test client enters it anew).
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perfcost-loader")
 
     def reload_now() -> None:
@@ -211,7 +212,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         if hup:
             loop.remove_signal_handler(signal.SIGHUP)
-        loader.shutdown(wait=True)
 
     app = FastAPI(
         title="perfcost",

@@ -61,7 +61,8 @@ ENVIRONMENT_FILE = "environment.json"
 SWEEP_SEED = 20_251_129
 DEFAULT_PER_FAMILY = 300
 
-LINALG_FAMILIES = (
+# Families whose ops have an integer form (i8 in, i32 accumulation); the others are float-only.
+INTEGER_FAMILIES = (
     "matmul",
     "batch_matmul",
     "matmul_transpose_b",
@@ -71,10 +72,8 @@ LINALG_FAMILIES = (
     "elementwise",
     "reduction",
     "transpose",
-    "softmax",
-    "layernorm",
-    "matmul_bias_act",
 )
+LINALG_FAMILIES = (*INTEGER_FAMILIES, "softmax", "layernorm", "matmul_bias_act")
 ONNX_FAMILIES = ("onnx_mlp", "onnx_conv_block", "onnx_attention")
 FAMILIES = (*LINALG_FAMILIES, *ONNX_FAMILIES)
 FLOAT_DTYPES = ("f32", "f16", "bf16")
@@ -123,17 +122,7 @@ def _log_int(rng: random.Random, low: int, high: int) -> int:
 
 
 def _pick_dtype(rng: random.Random, family: str) -> str:
-    integer_ok = family in {
-        "matmul",
-        "batch_matmul",
-        "matmul_transpose_b",
-        "conv_2d",
-        "depthwise_conv",
-        "pooling",
-        "elementwise",
-        "reduction",
-        "transpose",
-    }
+    integer_ok = family in INTEGER_FAMILIES
     if family in ONNX_FAMILIES:
         return "f32" if rng.random() < 0.75 else "f16"
     choices = ALL_DTYPES if integer_ok else FLOAT_DTYPES

@@ -341,6 +341,19 @@ class CollectError(RuntimeError):
 
 
 @contextmanager
+def cli_errors(out: Path, unit: str) -> Iterator[None]:
+    """A collector's failure is one line and exit 1; Ctrl-C says the finished ``unit`` are kept (130)."""
+    try:
+        yield
+    except CollectError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo(f"Interrupted; every finished {unit} is saved in {out}. Rerun to resume.", err=True)
+        raise typer.Exit(130) from None
+
+
+@contextmanager
 def exclusive_lock(out: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``out/.collect.lock`` (released when the process dies)."""
     lock_path = out / LOCK_FILE
@@ -590,14 +603,8 @@ def cpu_gemm(
             f"{len(sweep.skipped)} left out by the skip rule"
         )
         return
-    try:
+    with cli_errors(out, "configuration"):
         _run(out, configs, sweep, thread_list, max_seconds_per_config, min_time, max_repeats, bandwidth_mib)
-    except CollectError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        typer.echo(f"Interrupted; every finished configuration is saved in {out}. Rerun to resume.", err=True)
-        raise typer.Exit(130) from None
 
 
 def _run(

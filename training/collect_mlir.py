@@ -50,7 +50,14 @@ from typing import Any
 
 import numpy as np
 
-from training.collect import CollectError, exclusive_lock, fsync_dir, local_cpu_count, write_durably
+from training.collect import (
+    CollectError,
+    cli_errors,
+    exclusive_lock,
+    fsync_dir,
+    local_cpu_count,
+    write_durably,
+)
 
 log = logging.getLogger(__name__)
 
@@ -1226,12 +1233,6 @@ def run_cli(
             record["key"],
         )
 
-    try:
+    with cli_errors(out, "program"):
         n = collect(out, specs, settings, progress)
-    except CollectError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        typer.echo(f"Interrupted; every finished program is saved in {out}. Rerun to resume.", err=True)
-        raise typer.Exit(130) from None
     typer.echo(f"measured {n} programs in {time.monotonic() - started:.0f} s -> {out / PROGRAMS}")

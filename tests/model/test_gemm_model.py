@@ -17,7 +17,7 @@ from service.model import TabularModel, halfwidth, list_versions
 from service.schemas.gemm import GemmInstance
 from service.settings import Settings
 from training.data.gemm import load_gemm
-from training.models import CostRegressor, publish
+from training.models import CostRegressor, make_candidate, publish
 from training.train import fit_gemm
 
 RTX = "NVIDIA GeForce RTX 4070"
@@ -99,6 +99,28 @@ def test_intervals_on_subsampled_cv_cover_what_they_promise() -> None:
     width = halfwidth(model.calibration_["seen"], 0.9)
     covered = np.mean(np.abs(model.predict(X_new) - y_new) <= width)
     assert 0.86 <= covered <= 0.94, covered
+
+
+def test_large_data_deploys_a_fit_on_every_row() -> None:
+    """Calibration rows are held out from a second fit only: the deployed model is the one fit on all rows."""
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame(rng.uniform(0, 1, size=(3000, 3)), columns=list("abc"))
+    y = X["a"] * 3 + np.sin(5 * X["b"]) + rng.normal(0, 0.05, 3000)
+    model = CostRegressor(candidates=("lightgbm",), n_splits=3, max_cv_rows=300).fit(X, y)
+    on_all_rows = make_candidate("lightgbm", len(X), 0).fit(X, y)
+    np.testing.assert_array_equal(model.predict(X), on_all_rows.predict(X))
+
+
+def test_only_the_chosen_candidate_runs_the_other_regime() -> None:
+    """Leave-one-group-out CV calibrates the winner's intervals; the losing candidate never pays for it."""
+    rng = np.random.default_rng(2)
+    X = pd.DataFrame(rng.uniform(0, 1, size=(400, 3)), columns=list("abc"))
+    y = X["a"] * 3 + rng.normal(0, 0.05, 400)
+    model = CostRegressor(n_splits=3).fit(X, y, groups=np.arange(400) % 4)
+    loser = next(name for name in model.cv_scores_ if name != model.best_name_)
+    assert set(model.cv_scores_[model.best_name_]) == {"seen", "unseen"}
+    assert set(model.cv_scores_[loser]) == {"seen"}
+    assert set(model.calibration_) == {"seen", "unseen"}
 
 
 def test_selection_rejects_too_few_rows() -> None:

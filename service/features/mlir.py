@@ -31,7 +31,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-FEATURE_VERSION = "mlir-2"
+FEATURE_VERSION = "mlir-3"
 
 # Op names counted one by one: what linalg-on-tensors programs and IREE's ONNX importer produce. Ops
 # outside this list are still counted per dialect and as unknown (and flagged as out of distribution
@@ -142,6 +142,8 @@ ONNX_ELEMENT_FLOPS = {
 # ONNX ops that are folded or free at run time (no FLOPs, no traffic counted).
 ONNX_FREE = {"Constant", "Shape", "Identity"}
 N_HASH = 64
+# Per extent of the dominant op (see _divisibility).
+DIVISIBILITY = ("mod16", "pow2", "div16", "div64")
 
 _SHAPE_STATS = (
     "tensor_types",
@@ -159,12 +161,7 @@ _SHAPE_STATS = (
     "main_op_code",
     "main_rank",
     "main_log_elements",
-    "main_last_log",
-    "main_last_mod16",
-    "main_second_log",
-    "main_second_mod16",
-    "main_k_log",
-    "main_k_mod16",
+    *(f"main_{dim}_{name}" for dim in ("last", "second", "third", "k") for name in ("log", *DIVISIBILITY)),
 )
 _COST = (
     "log_flops",
@@ -581,12 +578,15 @@ def summarize(text: str) -> Summary:
     )
     values["main_rank"] = float(len(shape))
     values["main_log_elements"] = _log(float(math.prod(shape))) if shape else 0.0
-    values["main_last_log"] = _log(shape[-1]) if shape else 0.0
-    values["main_last_mod16"] = float(shape[-1] % 16) if shape else -1.0
-    values["main_second_log"] = _log(shape[-2]) if len(shape) > 1 else 0.0
-    values["main_second_mod16"] = float(shape[-2] % 16) if len(shape) > 1 else -1.0
-    values["main_k_log"] = _log(k_main)
-    values["main_k_mod16"] = float(k_main % 16) if k_main else -1.0
+    extents = {
+        "last": shape[-1] if shape else 0,
+        "second": shape[-2] if len(shape) > 1 else 0,
+        "third": shape[-3] if len(shape) > 2 else 0,
+        "k": int(k_main),
+    }
+    for dim, extent in extents.items():
+        values[f"main_{dim}_log"] = _log(extent)
+        values.update({f"main_{dim}_{name}": value for name, value in _divisibility(extent).items()})
     dtype_counts = Counter(t.dtype for t in types)
     for d in DTYPES:
         values[f"dtype:{d}"] = dtype_counts.get(d, 0) / max(len(types), 1)
@@ -633,6 +633,29 @@ def summarize(text: str) -> Summary:
         grams[_bucket(first + " " + second)] += 1
     summary.ngrams = grams / max(grams.sum(), 1.0)
     return summary
+
+
+def _divisibility(extent: int) -> dict[str, float]:
+    """How a loop extent splits into vector-width tiles (-1 when the op has no such dimension).
+
+    The compiler picks tile sizes that divide an extent where it can and peels or unrolls what remains,
+    so code size and register use jump with divisibility rather than size: the largest power of two
+    dividing the extent (capped at 128), its largest divisor up to 16 and up to 64, and the remainder
+    modulo 16 (IREE-compiled matmuls here: 75% → 55% CV MAPE of the instruction count with these).
+    """
+    if extent <= 0:
+        return dict.fromkeys(DIVISIBILITY, -1.0)
+    return {
+        "mod16": float(extent % 16),
+        "pow2": float(min(extent & -extent, 128)),
+        "div16": float(_largest_divisor(extent, 16)),
+        "div64": float(_largest_divisor(extent, 64)),
+    }
+
+
+@lru_cache(maxsize=4096)
+def _largest_divisor(extent: int, cap: int) -> int:
+    return max(d for d in range(1, min(extent, cap) + 1) if extent % d == 0)
 
 
 def _normalise(token: str) -> str:

@@ -31,7 +31,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-FEATURE_VERSION = "mlir-3"
+FEATURE_VERSION = "mlir-4"
 
 # Op names counted one by one: what linalg-on-tensors programs and IREE's ONNX importer produce. Ops
 # outside this list are still counted per dialect and as unknown (and flagged as out of distribution
@@ -142,7 +142,9 @@ ONNX_ELEMENT_FLOPS = {
 # ONNX ops that are folded or free at run time (no FLOPs, no traffic counted).
 ONNX_FREE = {"Constant", "Shape", "Identity"}
 N_HASH = 64
-# Per extent of the dominant op (see _divisibility).
+# Extents of the dominant op (output dimensions from the innermost, its reduction size or window, its first
+# input's innermost dimension) and what is recorded of each (see _divisibility).
+MAIN_EXTENTS = ("last", "second", "third", "k", "input_last")
 DIVISIBILITY = ("mod16", "pow2", "div16", "div64")
 
 _SHAPE_STATS = (
@@ -161,7 +163,7 @@ _SHAPE_STATS = (
     "main_op_code",
     "main_rank",
     "main_log_elements",
-    *(f"main_{dim}_{name}" for dim in ("last", "second", "third", "k") for name in ("log", *DIVISIBILITY)),
+    *(f"main_{dim}_{name}" for dim in MAIN_EXTENTS for name in ("log", *DIVISIBILITY)),
 )
 _COST = (
     "log_flops",
@@ -390,6 +392,32 @@ def _linalg_cost(name: str, line: str) -> tuple[float, float, str, float, float]
     return 0.0, nbytes, "generic", 0.0, 0.0
 
 
+def _operand_extents(name: str, line: str) -> tuple[int, int]:
+    """(innermost extent of the first input, size of the reduction window) of one linalg or ONNX op.
+
+    The window is what a convolution or pooling reduces over per output element (filter height × width,
+    times the input channels for a full convolution), which plays the part of a matmul's k; 0 for others.
+    """
+    if name.startswith("onnx."):
+        sig = line.rsplit(") : (", 1)
+        ins = parse_types(sig[1] if len(sig) == 2 else line)[:-1]
+    else:
+        m = _IN_OUT.search(line)
+        ins = parse_types(m.group(1)) if m else []
+    inner = ins[0].shape[-1] if ins and ins[0].shape else 0
+    short = name.split(".", 1)[1]
+    window = 0
+    if len(ins) > 1 and len(ins[1].shape) >= 2:
+        filt = ins[1].shape
+        if short == "conv_2d_nhwc_hwcf" and len(filt) == 4:
+            window = filt[0] * filt[1] * filt[2]
+        elif short == "Conv" and len(filt) == 4:
+            window = filt[1] * filt[2] * filt[3]
+        elif short in POOLING or short == "depthwise_conv_2d_nhwc_hwc":
+            window = filt[0] * filt[1]
+    return inner, window
+
+
 _PERMUTATION = re.compile(r"permutation\s*=\s*\[([\d,\s]*)\]")
 _ITERATORS = re.compile(r"iterator_types\s*=\s*\[([^\]]*)\]")
 
@@ -491,11 +519,11 @@ def summarize(text: str) -> Summary:
     generic_depth = 0
     # The op doing the most work (FLOPs, else bytes) shapes the dominant dispatch: its name, shape and
     # reduction size, and how those align with vector widths, drive code size and register use.
-    main: dict[str, object] = {"work": -1.0, "name": "", "shape": (), "k": 0.0}
+    main: dict[str, object] = {"work": -1.0, "name": "", "shape": (), "k": 0.0, "inner": 0}
 
-    def consider(name: str, work: float, shape: tuple[int, ...], k: float) -> None:
+    def consider(name: str, work: float, shape: tuple[int, ...], k: float, inner: int) -> None:
         if work > float(main["work"]):  # type: ignore[arg-type]
-            main.update(work=work, name=name, shape=shape, k=k)
+            main.update(work=work, name=name, shape=shape, k=k, inner=inner)
 
     lines = logical_lines(stripped)
     for line in lines:
@@ -518,6 +546,7 @@ def summarize(text: str) -> Summary:
                 generic = {"space": space, "body": 0.0, "trans": 0.0, "reduces": float(reduces), "bytes": 0.0}
                 generic_shape = max(types, key=lambda t: t.elements).shape if types else ()
                 generic["unit_reduction"] = float(_reduces_only_unit_dims(line, generic_shape))
+                generic["inner"] = float(_operand_extents(name, line)[0])
                 m = _IN_OUT.search(line)
                 if m:
                     generic["bytes"] = sum(t.nbytes for t in parse_types(m.group(1) + "," + m.group(2)))
@@ -527,7 +556,9 @@ def summarize(text: str) -> Summary:
                 f, b, cls, k, mn = cost(name, line)
                 # The result types follow the last "->" (the whole line when there is none).
                 out_types = parse_types(line.rsplit("->", 1)[-1])
-                consider(name, f or b, out_types[-1].shape if out_types else (), k)
+                if name != "linalg.fill":  # a fill is fused into its consumer: never the dominant op
+                    inner, window = _operand_extents(name, line)
+                    consider(name, f or b, out_types[-1].shape if out_types else (), k or window, inner)
                 total_bytes += b
                 # A fill only initialises what its consumer writes; compilers fuse it into that consumer.
                 work_ops += cls not in ("reshape", "other") and name != "linalg.fill"
@@ -556,6 +587,7 @@ def summarize(text: str) -> Summary:
                     f,
                     generic_shape,
                     generic_shape[-1] if generic["reduces"] and generic_shape else 0.0,
+                    int(generic["inner"]),
                 )
             generic = None
 
@@ -583,6 +615,7 @@ def summarize(text: str) -> Summary:
         "second": shape[-2] if len(shape) > 1 else 0,
         "third": shape[-3] if len(shape) > 2 else 0,
         "k": int(k_main),
+        "input_last": int(main["inner"]),  # type: ignore[call-overload]
     }
     for dim, extent in extents.items():
         values[f"main_{dim}_log"] = _log(extent)

@@ -87,6 +87,37 @@ def test_hand_written_linalg_matmul() -> None:
     assert r["dtype_f16"] > 0 and r["dtype_f32"] > 0
 
 
+CONV = """
+func.func @main(%x: tensor<1x20x20x24xf32>, %w: tensor<3x3x24x40xf32>) -> tensor<1x18x18x40xf32> {
+  %cst = arith.constant 0.0 : f32
+  %e = tensor.empty() : tensor<1x18x18x40xf32>
+  %f = linalg.fill ins(%cst : f32) outs(%e : tensor<1x18x18x40xf32>) -> tensor<1x18x18x40xf32>
+  %r = linalg.conv_2d_nhwc_hwcf ins(%x, %w : tensor<1x20x20x24xf32>, tensor<3x3x24x40xf32>)
+         outs(%f : tensor<1x18x18x40xf32>) -> tensor<1x18x18x40xf32>
+  return %r : tensor<1x18x18x40xf32>
+}
+"""
+
+
+def test_dominant_op_extents_and_their_divisibility() -> None:
+    """The matmul, not the fill before it, is the dominant op: its output 64x128, its k of 32 and its first
+    input's innermost extent (also 32); a convolution's reduction is its 3x3x24 window."""
+    r = row(MATMUL)
+    assert r["main_op_code"] == F.summarize("linalg.matmul").values["main_op_code"]
+    assert (r["main_last_pow2"], r["main_last_div16"], r["main_last_div64"]) == (128, 16, 64)
+    assert (r["main_second_pow2"], r["main_second_mod16"]) == (64, 0)
+    assert r["main_third_pow2"] == -1  # a 2-D output has no third dimension
+    assert (r["main_k_pow2"], r["main_k_div16"], r["main_input_last_div64"]) == (32, 16, 32)
+    # A matmul doing less work than its fill writes bytes is still the dominant op (fills are fused).
+    tiny = MATMUL.replace("64x", "1x").replace("x128", "x1").replace("32x", "2x").replace("x32", "x2")
+    assert row(tiny)["main_k_log"] == pytest.approx(math.log(2))
+    c = row(CONV)
+    assert c["main_k_log"] == pytest.approx(math.log(3 * 3 * 24))
+    # 216 = 8 x 27: largest power of two 8, largest divisors up to 16 and 64: 12 and 54; 216 mod 16 = 8.
+    assert (c["main_k_pow2"], c["main_k_div16"], c["main_k_div64"], c["main_k_mod16"]) == (8, 12, 54, 8)
+    assert (c["main_last_div16"], c["main_second_div16"], c["main_input_last_div16"]) == (10, 9, 12)
+
+
 def test_generic_body_flops_and_dense_payload_is_stripped() -> None:
     s = F.summarize(EXP_GENERIC)
     # One exp (counted as 8 FLOPs: exp-like functions are several) and one add per element.

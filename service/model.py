@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,17 @@ class TargetModel:
             raw = forest_predict(self.predictor, matrix)
         return np.asarray(raw, dtype=float).reshape(len(matrix))
 
-    def predict(self, matrix: np.ndarray, coverage: float, seen: np.ndarray) -> Prediction:
-        """Value and conformal interval; ``seen`` marks rows whose device this target was trained on."""
-        center = self.predict_log(matrix)
+    def predict(
+        self, matrix: np.ndarray, coverage: float, seen: np.ndarray, only_seen: bool = False
+    ) -> Prediction:
+        """Value and conformal interval; ``seen`` marks rows whose device this target was trained on.
+        With ``only_seen`` the other rows are not predicted at all (NaN)."""
+        if only_seen and not seen.all():
+            center = np.full(len(matrix), np.nan)
+            if seen.any():
+                center[seen] = self.predict_log(matrix[seen])
+        else:
+            center = self.predict_log(matrix)
         width = self.halfwidths(coverage, seen)
         return Prediction(np.exp(center), np.exp(center - width), np.exp(center + width))
 
@@ -203,12 +212,18 @@ class TabularModel:
         return self
 
     def predict(
-        self, features: pd.DataFrame | np.ndarray, coverage: float, devices: list[str]
+        self,
+        features: pd.DataFrame | np.ndarray,
+        coverage: float,
+        devices: list[str],
+        only_seen: Collection[str] = (),
     ) -> dict[str, tuple[Prediction, np.ndarray]]:
         """Every target's prediction, plus per row whether that target was trained on the row's device.
 
         ``features`` is a table with the feature columns, or a matrix whose columns are already in the
-        card's order (the feature module's ``FEATURE_COLUMNS``, which loading checked).
+        card's order (the feature module's ``FEATURE_COLUMNS``, which loading checked). Targets named in
+        ``only_seen`` are predicted only on rows of their training devices (NaN elsewhere), for domains
+        that never report them on other devices.
         """
         if isinstance(features, pd.DataFrame):
             matrix = features.loc[:, list(self.feature_columns)].to_numpy(dtype=float)
@@ -217,7 +232,7 @@ class TabularModel:
         out = {}
         for name, target in self.targets.items():
             seen = np.isin(np.asarray(devices, dtype=object), target.devices)
-            out[name] = (target.predict(matrix, coverage, seen), seen)
+            out[name] = (target.predict(matrix, coverage, seen, only_seen=name in only_seen), seen)
         return out
 
 

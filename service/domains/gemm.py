@@ -17,6 +17,9 @@ from service.features import gemm as features
 from service.model import Prediction, TabularModel
 from service.schemas.gemm import GemmInstance
 
+# Reported only on devices where they were measured (null with the reason elsewhere), so not predicted
+# for other devices' rows at all: for a request on any other GPU, two forests fewer to run.
+DEVICE_BOUND_TARGETS = ("power_w", "energy_j")
 MS_PER_HOUR = 3.6e6
 J_PER_KWH = 3.6e6
 CONFIG_FIELDS = features.CONFIG_COLUMNS
@@ -103,7 +106,7 @@ def predict(
     rows: dict[str, list[Any]] = {col: [getattr(inst, col) for inst in instances] for col in CONFIG_FIELDS}
     rows["device"] = names
     matrix = features.feature_matrix(rows, specs)
-    results = model.predict(matrix, coverage, names)
+    results = model.predict(matrix, coverage, names, only_seen=DEVICE_BOUND_TARGETS)
     ood = _ood_reasons(rows, model, trained)
     flops = features.flops(rows)
     peak_flops = matrix[:, features.FEATURE_COLUMNS.index("peak_gflops")] * 1e9
@@ -117,7 +120,7 @@ def predict(
                 row["unavailable"][target] = f"model {model.name} {model.version} has no {target} model"
                 continue
             pred, seen = results[target]
-            if target != "runtime_ms" and not seen[i]:
+            if target in DEVICE_BOUND_TARGETS and not seen[i]:
                 measured_on = ", ".join(model.targets[target].devices)
                 row[target] = None
                 row["unavailable"][target] = (

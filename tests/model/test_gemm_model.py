@@ -62,6 +62,22 @@ def test_runtime_never_decreases_as_k_grows(trained_model_dir: Path) -> None:
         assert all(b >= a for a, b in itertools.pairwise(runtimes)), (m, n, tile, runtimes)
 
 
+def test_device_bound_targets_run_only_on_their_devices_rows(trained_model_dir: Path) -> None:
+    """Power is predicted for the RTX 4070 rows only; those values equal a prediction of every row."""
+    model = load_latest(trained_model_dir)
+    instances = [
+        GemmInstance(m=512, n=512, k=k, device=d) for d in (RTX, "NVIDIA H100 80GB HBM3") for k in (64, 4096)
+    ]
+    names, specs = gemm.resolve_devices(instances, DeviceCatalog.default(), gemm.model_devices(model))
+    rows = {col: [getattr(i, col) for i in instances] for col in features.CONFIG_COLUMNS} | {"device": names}
+    matrix = features.feature_matrix(rows, specs)
+    power, seen = model.predict(matrix, 0.9, names, only_seen=("power_w",))["power_w"]
+    everywhere, _ = model.predict(matrix, 0.9, names)["power_w"]
+    assert seen.tolist() == [True, True, False, False]
+    assert np.isnan(power.value[2:]).all() and np.isfinite(everywhere.value[2:]).all()
+    np.testing.assert_array_equal(power.value[:2], everywhere.value[:2])
+
+
 def test_higher_coverage_never_narrows_intervals(trained_model_dir: Path) -> None:
     target = load_latest(trained_model_dir).targets["runtime_ms"]
     rows = pd.DataFrame({"device": [RTX], "m": [1024], "n": [1024], "k": [1024]})

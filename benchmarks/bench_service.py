@@ -42,10 +42,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(model_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(model_dir: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PERFCOST_MODEL_DIR": str(model_dir)}
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.app:app_from_env", "--host", "127.0.0.1"]
-    proc = subprocess.Popen([*cmd, "--port", str(port), "--log-level", "warning"], env=env)
+    cmd += ["--workers", str(workers), "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env)
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -165,6 +166,7 @@ def main() -> None:
     )
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--requests-per-client", type=int, default=100)
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
@@ -174,7 +176,7 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     port = free_port()
-    proc = start_server(args.model_dir, port)
+    proc = start_server(args.model_dir, port, args.workers)
     url = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(concurrent_singles(url, args.clients, 10))  # warm-up
@@ -212,6 +214,7 @@ def main() -> None:
     batch_in_process = in_process_seconds(args.model_dir, rows, args.repeats)
     figures = {
         "clients": args.clients,
+        "workers": args.workers,
         "single_p50_ms": statistics.median(p50s),
         "single_p99_ms": statistics.median(p99s),
         "single_p50_runs_ms": p50s,

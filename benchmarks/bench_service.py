@@ -30,6 +30,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from service.settings import Settings
+
 log = logging.getLogger("bench")
 
 MLIR_DATASET = Path(__file__).resolve().parents[1] / "datasets" / "mlir-cpu-local"
@@ -45,7 +47,10 @@ def free_port() -> int:
 def start_server(model_dir: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PERFCOST_MODEL_DIR": str(model_dir)}
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.app:app_from_env", "--host", "127.0.0.1"]
-    cmd += ["--workers", str(workers), "--port", str(port), "--log-level", "warning"]
+    # The keep-alive timeout perfcost serve uses (a shorter one drops requests; see Settings.keep_alive_s).
+    keep_alive = str(Settings().keep_alive_s)
+    cmd += ["--workers", str(workers), "--port", str(port), "--timeout-keep-alive", keep_alive]
+    cmd += ["--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env)
     deadline = time.time() + 60
     while time.time() < deadline:

@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -365,57 +366,50 @@ def _log(x: float) -> float:
     return math.log(x) if x > 0 else 0.0
 
 
-def _linalg_cost(name: str, line: str) -> tuple[float, float, str, float, float]:
-    """(flops, bytes, class, k, min(m, n)) of one linalg statement from its ``ins``/``outs`` types."""
+class OpCost(NamedTuple):
+    """What one linalg or ONNX op costs and how its loops are shaped."""
+
+    flops: float
+    nbytes: float
+    cls: str
+    k: float = 0.0  # reduction size of a contraction
+    mn: float = 0.0  # min(m, n) of a contraction
+    window: float = 0.0  # what a convolution or pooling reduces over per output element
+    inner: int = 0  # innermost extent of the first input
+
+
+def _innermost(ins: Sequence[TensorType]) -> int:
+    return ins[0].shape[-1] if ins and ins[0].shape else 0
+
+
+def _linalg_cost(name: str, line: str) -> OpCost:
+    """Cost of one linalg statement from its ``ins``/``outs`` types."""
     m = _IN_OUT.search(line)
     if not m:
-        return 0.0, 0.0, "other", 0.0, 0.0
+        return OpCost(0.0, 0.0, "other")
     ins, outs = parse_types(m.group(1)), parse_types(m.group(2))
     nbytes = sum(t.nbytes for t in ins) + sum(t.nbytes for t in outs)
+    inner = _innermost(ins)
     out = outs[0] if outs else None
     short = name.split(".", 1)[1]
     if out is None:
-        return 0.0, nbytes, "other", 0.0, 0.0
+        return OpCost(0.0, nbytes, "other", inner=inner)
     if short in CONTRACTIONS and ins:
         k = float(ins[0].shape[-1]) if ins[0].shape else 1.0
         mn = float(min(out.shape[-2:])) if len(out.shape) >= 2 else 1.0
-        return 2.0 * out.elements * k, nbytes, "contraction", k, mn
+        return OpCost(2.0 * out.elements * k, nbytes, "contraction", k, mn, inner=inner)
     if short in CONVOLUTIONS and len(ins) > 1:
-        window = float(math.prod(ins[1].shape[:-1] if "depthwise" in short else ins[1].shape[:-1]))
-        return 2.0 * out.elements * window, nbytes, "conv", 0.0, 0.0
+        # Filter HWCF (full) or HWC (depthwise): all but the last dimension are reduced over.
+        window = float(math.prod(ins[1].shape[:-1]))
+        return OpCost(2.0 * out.elements * window, nbytes, "conv", window=window, inner=inner)
     if short in POOLING and len(ins) > 1:
-        return out.elements * ins[1].elements, nbytes, "pool", 0.0, 0.0
+        window = ins[1].elements
+        return OpCost(out.elements * window, nbytes, "pool", window=window, inner=inner)
     if short == "transpose" and ins and _relabels_unit_dims(ins[0].shape, line):
-        return 0.0, 0.0, "reshape", 0.0, 0.0
+        return OpCost(0.0, 0.0, "reshape", inner=inner)
     if short in MOVEMENT:
-        return 0.0, nbytes, "movement", 0.0, 0.0
-    return 0.0, nbytes, "generic", 0.0, 0.0
-
-
-def _operand_extents(name: str, line: str) -> tuple[int, int]:
-    """(innermost extent of the first input, size of the reduction window) of one linalg or ONNX op.
-
-    The window is what a convolution or pooling reduces over per output element (filter height × width,
-    times the input channels for a full convolution), which plays the part of a matmul's k; 0 for others.
-    """
-    if name.startswith("onnx."):
-        sig = line.rsplit(") : (", 1)
-        ins = parse_types(sig[1] if len(sig) == 2 else line)[:-1]
-    else:
-        m = _IN_OUT.search(line)
-        ins = parse_types(m.group(1)) if m else []
-    inner = ins[0].shape[-1] if ins and ins[0].shape else 0
-    short = name.split(".", 1)[1]
-    window = 0
-    if len(ins) > 1 and len(ins[1].shape) >= 2:
-        filt = ins[1].shape
-        if short == "conv_2d_nhwc_hwcf" and len(filt) == 4:
-            window = filt[0] * filt[1] * filt[2]
-        elif short == "Conv" and len(filt) == 4:
-            window = filt[1] * filt[2] * filt[3]
-        elif short in POOLING or short == "depthwise_conv_2d_nhwc_hwc":
-            window = filt[0] * filt[1]
-    return inner, window
+        return OpCost(0.0, nbytes, "movement", inner=inner)
+    return OpCost(0.0, nbytes, "generic", inner=inner)
 
 
 _PERMUTATION = re.compile(r"permutation\s*=\s*\[([\d,\s]*)\]")
@@ -447,31 +441,34 @@ def _reduces_only_unit_dims(line: str, shape: tuple[int, ...]) -> bool:
     return all(extent == 1 for kind, extent in zip(kinds, shape, strict=True) if kind == "reduction")
 
 
-def _onnx_cost(name: str, line: str) -> tuple[float, float, str, float, float]:
-    """(flops, bytes, class, k, min(m, n)) of one ONNX op from its ``(operand types) -> result type``."""
+def _onnx_cost(name: str, line: str) -> OpCost:
+    """Cost of one ONNX op from its ``(operand types) -> result type``."""
     sig = line.rsplit(") : (", 1)
     types = parse_types(sig[1] if len(sig) == 2 else line)
     if not types:
-        return 0.0, 0.0, "other", 0.0, 0.0
+        return OpCost(0.0, 0.0, "other")
     out, ins = types[-1], types[:-1]
     nbytes = sum(t.nbytes for t in types)
+    inner = _innermost(ins)
     short = name.split(".", 1)[1]
     if short in CONTRACTIONS and ins:
         k = float(ins[0].shape[-1]) if ins[0].shape else 1.0
         mn = float(min(out.shape[-2:])) if len(out.shape) >= 2 else 1.0
-        return 2.0 * out.elements * k, nbytes, "contraction", k, mn
+        return OpCost(2.0 * out.elements * k, nbytes, "contraction", k, mn, inner=inner)
     if short in CONVOLUTIONS and len(ins) > 1:
-        return 2.0 * out.elements * float(math.prod(ins[1].shape[1:])), nbytes, "conv", 0.0, 0.0
+        # Weights FCHW: each output element reduces over C x H x W.
+        window = float(math.prod(ins[1].shape[1:]))
+        return OpCost(2.0 * out.elements * window, nbytes, "conv", window=window, inner=inner)
     if short in POOLING and ins:
-        return ins[0].elements, nbytes, "pool", 0.0, 0.0
+        return OpCost(ins[0].elements, nbytes, "pool", inner=inner)
     if short in MOVEMENT:
-        return 0.0, nbytes, "movement", 0.0, 0.0
+        return OpCost(0.0, nbytes, "movement", inner=inner)
     if short in ONNX_FREE:
-        return 0.0, 0.0, "other", 0.0, 0.0
+        return OpCost(0.0, 0.0, "other", inner=inner)
     if short in ONNX_ELEMENT_FLOPS:
         cls = "reduction" if short in ("Softmax", "LayerNormalization") else "elementwise"
-        return ONNX_ELEMENT_FLOPS[short] * out.elements, nbytes, cls, 0.0, 0.0
-    return out.elements, nbytes, "elementwise", 0.0, 0.0
+        return OpCost(ONNX_ELEMENT_FLOPS[short] * out.elements, nbytes, cls, inner=inner)
+    return OpCost(out.elements, nbytes, "elementwise", inner=inner)
 
 
 _CONTINUATION = ("ins(", "outs(", "->", "iterator_types", "indexing_maps", ":", "attributes", "permutation")
@@ -546,19 +543,19 @@ def summarize(text: str) -> Summary:
                 generic = {"space": space, "body": 0.0, "trans": 0.0, "reduces": float(reduces), "bytes": 0.0}
                 generic_shape = max(types, key=lambda t: t.elements).shape if types else ()
                 generic["unit_reduction"] = float(_reduces_only_unit_dims(line, generic_shape))
-                generic["inner"] = float(_operand_extents(name, line)[0])
                 m = _IN_OUT.search(line)
+                generic["inner"] = float(_innermost(parse_types(m.group(1)) if m else []))
                 if m:
                     generic["bytes"] = sum(t.nbytes for t in parse_types(m.group(1) + "," + m.group(2)))
                 generic_depth = depth
             elif name.startswith(("linalg.", "onnx.")):
                 cost = _linalg_cost if name.startswith("linalg.") else _onnx_cost
-                f, b, cls, k, mn = cost(name, line)
+                op = cost(name, line)
+                f, b, cls, k, mn = op.flops, op.nbytes, op.cls, op.k, op.mn
                 # The result types follow the last "->" (the whole line when there is none).
                 out_types = parse_types(line.rsplit("->", 1)[-1])
                 if name != "linalg.fill":  # a fill is fused into its consumer: never the dominant op
-                    inner, window = _operand_extents(name, line)
-                    consider(name, f or b, out_types[-1].shape if out_types else (), k or window, inner)
+                    consider(name, f or b, out_types[-1].shape if out_types else (), k or op.window, op.inner)
                 total_bytes += b
                 # A fill only initialises what its consumer writes; compilers fuse it into that consumer.
                 work_ops += cls not in ("reshape", "other") and name != "linalg.fill"

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import sklearn
 from joblib import Parallel, delayed
-from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.model_selection import GroupKFold, KFold, cross_val_predict
 
@@ -192,9 +192,7 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         # the full fit's errors are no larger than the held-out one's, so the intervals err wide if at all.
         fits = [np.arange(n), fit_idx] if len(held) else [fit_idx]
         fitted = Parallel(n_jobs=self.n_jobs if len(fits) > 1 else 1)(
-            delayed(clone(make_candidate(self.best_name_, n, self.random_state, monotone)).fit)(
-                X.iloc[idx], y[idx]
-            )
+            delayed(make_candidate(self.best_name_, n, self.random_state, monotone).fit)(X.iloc[idx], y[idx])
             for idx in fits
         )
         self.estimator_ = fitted[0]

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from service.model import list_versions
+from service.app import FEATURES
+from service.registry import ModelRegistry
 from service.settings import Settings
 from training.cpu import train_cpu_model
 from training.data.mlir import DEFAULT_DIR
@@ -22,18 +23,20 @@ MLIR_DATASET = DEFAULT_DIR.name
 
 
 def ensure_default_models(settings: Settings) -> None:
-    """Train what the model directory lacks: a GEMM model from bundled data plus cached or mirrored public
-    data, an MLIR model from the bundled programs, and a CPU model when SPEC CPU2017 is cached or
-    mirrored (otherwise say how to add it)."""
-    if not list_versions(settings.model_dir, "gemm"):
+    """Train each default model the directory has no servable version of (none, or only versions this
+    release refuses, such as ones built on older features): a GEMM model from bundled data plus cached or
+    mirrored public data, an MLIR model from the bundled programs, and a CPU model when SPEC CPU2017 is
+    cached or mirrored (otherwise say how to add it)."""
+    servable = ModelRegistry(settings.model_dir, FEATURES).reload().models
+    if "gemm" not in servable:
         datasets = default_gemm_datasets(settings)
         log.info("no GEMM model in %s: training one on %s", settings.model_dir, ", ".join(datasets))
         train_gemm_model(datasets, settings)
     mlir_data = settings.bundled_data_dir / MLIR_DATASET
-    if not list_versions(settings.model_dir, "mlir") and (mlir_data / "programs.jsonl.gz").is_file():
+    if "mlir" not in servable and (mlir_data / "programs.jsonl.gz").is_file():
         log.info("no MLIR model in %s: training one on %s (a few minutes)", settings.model_dir, mlir_data)
         train_mlir_model(settings, mlir_data)
-    if not list_versions(settings.model_dir, "cpu"):
+    if "cpu" not in servable:
         if is_available(get_spec("spec-cpu2017"), settings):
             log.info("no CPU model in %s: training one on spec-cpu2017 (a few minutes)", settings.model_dir)
             train_cpu_model(settings)

@@ -1,10 +1,11 @@
 """Model runtime: a published model version on disk → ``load()`` → ``predict()``.
 
-A version folder holds ``card.json`` and one file per target. The card is written at training time and
-records the sha256 of every model file; :meth:`TabularModel.load` refuses a version whose files are
+A version folder holds ``card.json`` and the files of each target. The card is written at training time
+and records the sha256 of every model file; :meth:`TabularModel.load` refuses a version whose files are
 missing or differ, whose feature version or columns differ from the running feature module, or whose
-card lists a file outside its folder. LightGBM models are stored in LightGBM's text format; a random
-forest is a joblib pickle and is unpickled only after its sha256 matched the card.
+card lists a file outside its folder. A LightGBM model is stored in LightGBM's text format and as an ONNX
+tree ensemble, which the service runs with onnxruntime; a random forest is a joblib pickle and is
+unpickled only after its sha256 matched the card.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import joblib
-import lightgbm as lgb
 import numpy as np
+import onnxruntime as ort
 import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,17 @@ log = logging.getLogger(__name__)
 CARD = "card.json"
 # Calibration grids hold |log residual| quantiles at these levels; coverage is interpolated between them.
 QUANTILE_LEVELS = np.round(np.linspace(0.0, 1.0, 201), 3)
-LARGE_BATCH_ROWS = 2000
+# Name of the ONNX export's input, and the metadata key listing the feature columns it was fit on.
+ONNX_INPUT = "features"
+ONNX_FEATURE_NAMES = "feature_names"
+# What onnxruntime raises for a file it cannot use (its exceptions derive from Exception directly).
+ONNX_LOAD_ERRORS = (
+    ort.capi.onnxruntime_pybind11_state.Fail,
+    ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+    ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+    ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+    ort.capi.onnxruntime_pybind11_state.NotImplemented,
+)
 
 
 class ModelLoadError(RuntimeError):
@@ -72,6 +83,23 @@ def forest_predict(forest: Any, features: np.ndarray) -> np.ndarray:
     return total / len(forest.estimators_)
 
 
+class OnnxTrees:
+    """A tree ensemble exported to ONNX (see ``training.models.lightgbm_onnx``), run by onnxruntime."""
+
+    def __init__(self, path: Path) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        names = self.session.get_modelmeta().custom_metadata_map.get(ONNX_FEATURE_NAMES, "[]")
+        self.feature_names: list[str] = json.loads(names)
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        features = np.ascontiguousarray(matrix, dtype=np.float32)
+        return np.asarray(self.session.run(None, {ONNX_INPUT: features})[0], dtype=float)
+
+
 @dataclass
 class Prediction:
     """Per-row value and interval on the original scale."""
@@ -88,16 +116,17 @@ class TargetModel:
     predictor: Any
     calibration: dict[str, list[float]]
     devices: list[str]
+    # Index of the feature column holding a log-scale baseline the predictor's output is relative to.
+    baseline: int | None = None
 
     def predict_log(self, matrix: np.ndarray) -> np.ndarray:
         """Log-scale prediction from the feature matrix (columns in the card's order, checked at load)."""
-        if isinstance(self.predictor, lgb.Booster):
-            # One thread for request-sized inputs, where OpenMP start-up and spin-waiting cost more than the
-            # trees; every core for large batches (10,000 rows: 1.7 s on one thread here).
-            raw = self.predictor.predict(matrix, num_threads=1 if len(matrix) < LARGE_BATCH_ROWS else 0)
+        if isinstance(self.predictor, OnnxTrees):
+            raw = self.predictor.predict(matrix)
         else:
             raw = forest_predict(self.predictor, matrix)
-        return np.asarray(raw, dtype=float).reshape(len(matrix))
+        out = np.asarray(raw, dtype=float).reshape(len(matrix))
+        return out + matrix[:, self.baseline] if self.baseline is not None else out
 
     def predict(
         self, matrix: np.ndarray, coverage: float, seen: np.ndarray, only_seen: bool = False
@@ -146,20 +175,22 @@ class TabularModel:
     def version(self) -> str:
         return str(self.card.get("version", self.path.name))
 
-    def _verified(self, filename: str) -> Path:
+    def _verified_files(self) -> dict[str, Path]:
+        """Every file the card lists, each checked against its sha256 (also those serving does not read)."""
         files = self.card.get("files", {})
-        if filename not in files:
-            raise ModelLoadError(f"{self.path}: {filename} is not listed with a sha256 in {CARD}")
+        return {filename: self._verified(filename, sha) for filename, sha in files.items()}
+
+    def _verified(self, filename: str, expected: str) -> Path:
         path = (self.path / filename).resolve()
         if path.parent != self.path.resolve():
             raise ModelLoadError(f"{self.path}: {filename} points outside the version folder")
         if not path.is_file():
             raise ModelLoadError(f"{self.path}: model file {filename} is missing")
         actual = file_sha256(path)
-        if actual != files[filename]:
+        if actual != expected:
             raise ModelLoadError(
                 f"{self.path}: {filename} sha256 {actual[:12]}… differs from the card's "
-                f"{files[filename][:12]}…; "
+                f"{expected[:12]}…; "
                 "the file was changed after training and is refused"
             )
         return path
@@ -180,31 +211,43 @@ class TabularModel:
             raise ModelLoadError(
                 f"{self.path}: the card's feature columns differ from the feature module's; retrain"
             )
+        paths = self._verified_files()
         targets = {}
         for name, spec in self.card.get("targets", {}).items():
-            path = self._verified(spec["file"])
+            if spec["estimator"] == "lightgbm":
+                if "onnx" not in spec:
+                    raise ModelLoadError(
+                        f"{self.path}: {name} has no ONNX export, which this service runs; retrain the model"
+                    )
+                filename = spec["onnx"]
+            elif spec["estimator"] == "random_forest":
+                filename = spec["file"]
+            else:
+                raise ModelLoadError(f"{self.path}: unknown estimator {spec['estimator']!r} for {name}")
+            if filename not in paths:
+                raise ModelLoadError(f"{self.path}: {filename} is not listed with a sha256 in {CARD}")
+            path = paths[filename]
             try:
-                if spec["estimator"] == "lightgbm":
-                    predictor: Any = lgb.Booster(model_file=str(path))
-                elif spec["estimator"] == "random_forest":
-                    predictor = joblib.load(path)
-                else:
-                    raise ModelLoadError(f"{self.path}: unknown estimator {spec['estimator']!r} for {name}")
-            except (lgb.basic.LightGBMError, OSError, EOFError, ValueError) as exc:
-                raise ModelLoadError(f"{self.path}: {spec['file']} cannot be loaded: {exc}") from exc
+                predictor: Any = OnnxTrees(path) if spec["estimator"] == "lightgbm" else joblib.load(path)
+            except (*ONNX_LOAD_ERRORS, OSError, EOFError, ValueError) as exc:
+                raise ModelLoadError(f"{self.path}: {filename} cannot be loaded: {exc}") from exc
             names = (
-                predictor.feature_name()
-                if isinstance(predictor, lgb.Booster)
+                predictor.feature_names
+                if isinstance(predictor, OnnxTrees)
                 else list(getattr(predictor, "feature_names_in_", []))
             )
             if list(names) != list(self.feature_columns):
-                raise ModelLoadError(f"{self.path}: {spec['file']} was fit on other feature columns; retrain")
+                raise ModelLoadError(f"{self.path}: {filename} was fit on other feature columns; retrain")
+            baseline = spec.get("baseline")
+            if baseline is not None and baseline not in self.feature_columns:
+                raise ModelLoadError(f"{self.path}: {name}'s baseline {baseline!r} is not a feature column")
             targets[name] = TargetModel(
                 name=name,
                 estimator=spec["estimator"],
                 predictor=predictor,
                 calibration=spec["calibration"],
                 devices=list(spec.get("devices", [])),
+                baseline=self.feature_columns.index(baseline) if baseline is not None else None,
             )
         if not targets:
             raise ModelLoadError(f"{self.path}: the card lists no targets")

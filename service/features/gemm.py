@@ -23,7 +23,7 @@ import pandas as pd
 
 from service.devices import SPEC_FIELDS, DeviceSpec
 
-FEATURE_VERSION = "gemm-1"
+FEATURE_VERSION = "gemm-2"
 
 Op = Literal["gemm", "bmm", "linear"]
 Dtype = Literal["float16", "bfloat16", "float32", "float64", "int8"]
@@ -59,6 +59,8 @@ CONFIG_COLUMNS = (*SIZE_FIELDS, *CATEGORICAL_FIELDS, *KERNEL_NUMERIC_FIELDS)
 
 DERIVED = (
     "log_flops",
+    "log_item_flops",
+    "outer_product",
     "log_bytes",
     "log_intensity",
     "log_m",
@@ -98,12 +100,17 @@ FEATURE_COLUMNS: tuple[str, ...] = (
 
 # Features that never decrease when k grows with everything else fixed. Models constrain their output to be
 # non-decreasing in each (LightGBM/sklearn monotone constraints), so predicted runtime and energy never
-# drop as the reduction dimension grows. No other feature may depend on k: that would break the guarantee
-# (hence no k alignment and no memory-bound flag among the features).
+# drop as the reduction dimension grows from 2 on. No other feature may depend on k: that would break the
+# guarantee (hence no k alignment and no memory-bound flag among the features). The one exception is
+# ``outer_product`` (k = 1), which libraries run on another code path: numpy computes a 674×1853 outer
+# product in 1.39 ms on this project's CPU but a 753×1376×2 product in 0.12 ms, and a model forced to
+# predict k = 1 no slower than k = 2 was wrong on both (cpu-gemm-local random MAPE 12.5% with it forced,
+# 9.7% with the flag).
 INCREASING_IN_K = (
     "k",
     "log_k",
     "log_flops",
+    "log_item_flops",
     "log_bytes",
     "log_intensity",
     "log_t_compute_ms",
@@ -122,7 +129,8 @@ DEFAULT_GPU_TILE = 128
 DEFAULT_CPU_TILE = 64
 # Fixed cost of issuing one GEMM (kernel launch on a GPU, BLAS call on a CPU). Measured floors: 30-55 us
 # for the smallest cuBLAS calls in NeuSight's data, a few us for numpy on a CPU. Added to the roofline so
-# the learned ratio stays near 1 for tiny problems instead of exploding device-specifically.
+# the learned ratio stays near 1 for tiny problems instead of exploding device-specifically. A batched
+# GEMM is one launch on a GPU, but one BLAS call per matrix on a CPU (numpy loops over the batch).
 LAUNCH_OVERHEAD_MS = {"gpu": 0.02, "cpu": 0.002}
 
 
@@ -233,6 +241,8 @@ def feature_matrix(rows: Rows, devices: Mapping[str, DeviceSpec]) -> np.ndarray:
     wave_eff = tiles / (np.ceil(waves) * effective_units)
 
     out["log_flops"] = np.log(total_flops)
+    out["log_item_flops"] = np.log(total_flops / b)
+    out["outer_product"] = (k == 1).astype(float)
     out["log_bytes"] = np.log(total_bytes)
     out["log_intensity"] = np.log(total_flops / total_bytes)
     out["log_m"], out["log_n"], out["log_k"], out["log_batch"] = (
@@ -245,7 +255,8 @@ def feature_matrix(rows: Rows, devices: Mapping[str, DeviceSpec]) -> np.ndarray:
     out["log_t_memory_ms"] = np.log(t_memory)
     out["log_roofline_ms"] = np.log(roofline)
     overhead = np.where(is_cpu == 1, LAUNCH_OVERHEAD_MS["cpu"], LAUNCH_OVERHEAD_MS["gpu"])
-    out["log_baseline_ms"] = np.log(roofline + overhead)
+    calls = np.where(is_cpu == 1, b, 1.0)
+    out["log_baseline_ms"] = np.log(roofline + overhead * calls)
     out["intensity_over_ridge"] = np.log((total_flops / total_bytes) / ridge)
     out["tiles"] = tiles
     out["waves"] = waves

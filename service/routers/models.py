@@ -30,6 +30,7 @@ def _public_card(model: TabularModel) -> dict[str, Any]:
     card["targets"] = {
         name: {
             "estimator": spec["estimator"],
+            "baseline": spec.get("baseline"),
             "n_train": spec.get("n_train"),
             "devices": spec.get("devices"),
             "cv": spec.get("cv"),

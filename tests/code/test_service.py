@@ -323,6 +323,17 @@ def test_feature_version_mismatch_is_refused(model_dir: Path) -> None:
         assert r.status_code == 503 and "gemm-0" in r.json()["refused"][0]["reason"]
 
 
+def test_baseline_that_is_not_a_feature_column_is_refused(model_dir: Path) -> None:
+    card_path = _versions(model_dir)[-1] / "card.json"
+    card = json.loads(card_path.read_text())
+    card["targets"]["runtime_ms"]["baseline"] = "log_roofline_seconds"
+    card_path.write_text(json.dumps(card))
+    with make_client(model_dir) as c:
+        r = c.get("/readyz")
+        reason = r.json()["refused"][0]["reason"]
+        assert r.status_code == 503 and "'log_roofline_seconds' is not a feature column" in reason
+
+
 def test_reload_needs_the_token_and_swaps_without_failures(model_dir: Path) -> None:
     with make_client(model_dir) as c:
         assert c.post("/v1/admin/reload").status_code == 403  # disabled without a token

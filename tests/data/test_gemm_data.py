@@ -70,3 +70,15 @@ def test_every_source_featurises_without_non_finite_core_features(gemm_settings:
         assert tuple(features.columns) == FEATURE_COLUMNS
         core = features[["log_flops", "log_bytes", "log_roofline_ms", "log_baseline_ms", "waves"]]
         assert np.isfinite(core.to_numpy()).all(), name
+
+
+def test_numpy_runs_outer_products_on_a_slower_path(gemm_settings: Settings) -> None:
+    """Why ``outer_product`` is a feature outside the k-monotone ones: in the bundled CPU measurements an
+    outer product (k = 1) costs several times more per output element than k = 2 on large outputs."""
+    data = load_gemm("cpu-gemm-local", gemm_settings)
+    frame = data.frame.loc[data.frame["m"] * data.frame["n"] * data.frame["batch"] >= 500_000]
+    per_output = frame["runtime_ms"] / (frame["m"] * frame["n"] * frame["batch"])
+    outer = per_output.loc[frame["k"] == 1]
+    k2 = per_output.loc[frame["k"] == 2]
+    assert len(outer) >= 8 and len(k2) >= 8
+    assert outer.median() > 3 * k2.median(), (outer.median(), k2.median())

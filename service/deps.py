@@ -6,6 +6,7 @@ pool, and those hand-offs (several per request) cost more than the lookups thems
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -30,19 +31,32 @@ async def get_snapshot(request: Request) -> Snapshot:
     return request.app.state.registry.snapshot  # type: ignore[no-any-return]
 
 
-async def get_batcher(request: Request) -> MicroBatcher:
-    return request.app.state.batcher  # type: ignore[no-any-return]
-
-
 async def get_catalog(request: Request) -> DeviceCatalog:
     return request.app.state.catalog  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a prediction route reads from the app, resolved as one dependency: FastAPI's bookkeeping per
+    dependency cost more than the lookups (four of them were ~0.1 ms of a ~0.5 ms request under load)."""
+
+    snapshot: Snapshot
+    settings: Settings
+    catalog: DeviceCatalog
+    batcher: MicroBatcher
+
+
+async def get_serving(request: Request) -> Serving:
+    """One snapshot per request: a reload during the request cannot change the models it uses."""
+    state = request.app.state
+    return Serving(state.registry.snapshot, state.settings, state.catalog, state.batcher)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SnapshotDep = Annotated[Snapshot, Depends(get_snapshot)]
 CatalogDep = Annotated[DeviceCatalog, Depends(get_catalog)]
-BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
 
 
 def require_model(snapshot: Snapshot, name: str) -> TabularModel:

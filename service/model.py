@@ -100,6 +100,13 @@ class OnnxTrees:
         return np.asarray(self.session.run(None, {ONNX_INPUT: features})[0], dtype=float)
 
 
+def member_of(values: list[str], known: Collection[str]) -> np.ndarray:
+    """Per value, whether it is in ``known``: a set lookup, where ``np.isin`` on object arrays sorts them
+    (~0.1 ms per call for a request's few rows, several calls per request)."""
+    lookup = set(known)
+    return np.fromiter((v in lookup for v in values), dtype=bool, count=len(values))
+
+
 @dataclass
 class Prediction:
     """Per-row value and interval on the original scale."""
@@ -274,7 +281,7 @@ class TabularModel:
             matrix = np.asarray(features, dtype=float)
         out = {}
         for name, target in self.targets.items():
-            seen = np.isin(np.asarray(devices, dtype=object), target.devices)
+            seen = member_of(devices, target.devices)
             out[name] = (target.predict(matrix, coverage, seen, only_seen=name in only_seen), seen)
         return out
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from service.devices import DeviceCatalog, DeviceError, DeviceSpec
 from service.features import gemm as features
-from service.model import Prediction, TabularModel
+from service.model import Prediction, TabularModel, member_of
 from service.schemas.gemm import GemmInstance
 
 # Reported only on devices where they were measured (null with the reason elsewhere), so not predicted
@@ -77,8 +77,8 @@ def _ood_reasons(
     ranges = profile.get("ranges", {})
     categories = profile.get("categories", {})
     reasons: list[list[str]] = [[] for _ in range(len(rows["m"]))]
-    devices = np.array(rows["device"], dtype=object)
-    for i in np.flatnonzero(~np.isin(devices, list(trained))):
+    devices = rows["device"]
+    for i in np.flatnonzero(~member_of(devices, trained)):
         reasons[i].append(f"device {devices[i]!r} is not among the {len(trained)} training devices")
     numeric = {col: np.array(rows[col], dtype=float) for col in ("m", "n", "k", "batch")}
     numeric["flops"] = features.flops(rows)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import BatcherDep, SettingsDep, SnapshotDep, check_batch, require_model
+from service.deps import ServingDep, SnapshotDep, check_batch, require_model
 from service.domains import cpu
 from service.routing import StrictJSONRoute
 from service.schemas.common import ErrorResponse
@@ -25,11 +25,9 @@ MICRO_BATCH_MAX_INSTANCES = 64
     response_model=CpuPredictResponse,
     responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
 )
-async def predict(
-    request: CpuPredictRequest, snapshot: SnapshotDep, settings: SettingsDep, batcher: BatcherDep
-) -> JSONResponse:
-    check_batch(len(request.instances), settings)
-    model = require_model(snapshot, MODEL)
+async def predict(request: CpuPredictRequest, serving: ServingDep) -> JSONResponse:
+    check_batch(len(request.instances), serving.settings)
+    model = require_model(serving.snapshot, MODEL)
     try:
         cpu.get_suite(model, request.suite)
     except cpu.UnknownSuiteError as exc:
@@ -42,7 +40,7 @@ async def predict(
     if len(request.instances) > MICRO_BATCH_MAX_INSTANCES:
         rows = await run_in_threadpool(run, request.instances)
     else:
-        rows = await batcher.submit(
+        rows = await serving.batcher.submit(
             (MODEL, id(model), request.coverage, request.suite), request.instances, run
         )
     return JSONResponse(

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import SettingsDep, SnapshotDep, check_batch, require_model
+from service.deps import ServingDep, check_batch, require_model
 from service.domains import mlir
 from service.routing import StrictJSONRoute
 from service.schemas.common import ErrorResponse
@@ -27,15 +27,15 @@ THREADPOOL_BYTES = 256 * 1024
         503: {"model": ErrorResponse},
     },
 )
-async def predict(request: MlirPredictRequest, snapshot: SnapshotDep, settings: SettingsDep) -> JSONResponse:
-    check_batch(len(request.instances), settings)
+async def predict(request: MlirPredictRequest, serving: ServingDep) -> JSONResponse:
+    check_batch(len(request.instances), serving.settings)
     try:
-        mlir.check_instances(request.instances, settings.max_program_bytes)
+        mlir.check_instances(request.instances, serving.settings.max_program_bytes)
     except mlir.ProgramError as exc:
         raise HTTPException(
             status_code=exc.status, detail=[{"field": f"instances.{exc.index}.mlir", "reason": str(exc)}]
         ) from exc
-    model = require_model(snapshot, MODEL)
+    model = require_model(serving.snapshot, MODEL)
     size = sum(len(inst.mlir) for inst in request.instances)
     if size > THREADPOOL_BYTES:
         rows = await run_in_threadpool(mlir.predict, request.instances, request.coverage, model)

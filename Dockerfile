@@ -3,6 +3,8 @@
 
 # --- dependencies: their own layer, rebuilt only when the lock changes ---
 FROM python:3.11-slim AS deps
+# lib_lightgbm.so links the system's OpenMP runtime (libgomp.so.1), which slim images do not ship.
+RUN apt-get update && apt-get install --yes --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -26,6 +28,7 @@ RUN perfcost train mlir
 
 # --- runtime: non-root, models baked in ---
 FROM python:3.11-slim AS runtime
+RUN apt-get update && apt-get install --yes --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 perfcost
 WORKDIR /app
 COPY --from=build /opt/venv /opt/venv

@@ -9,6 +9,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import lightgbm
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -52,3 +55,16 @@ def test_image_runs_the_same_app_factory_as_perfcost_serve() -> None:
     assert 'ENTRYPOINT ["perfcost", "serve", "--no-train-if-empty"]' in dockerfile
     assert re.search(r"^USER perfcost$", dockerfile, flags=re.M), "the image must not run as root"
     assert "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
+
+
+def test_every_image_stage_has_the_openmp_runtime_lightgbm_links() -> None:
+    """LightGBM's wheel links the system's libgomp.so.1 instead of bundling it, and python:*-slim lacks it:
+    without it the build's training step and the service's import of lightgbm fail."""
+    library = Path(lightgbm.__file__).parent / "lib" / "lib_lightgbm.so"
+    if b"libgomp.so.1" not in library.read_bytes():
+        pytest.skip("this LightGBM build does not link libgomp")
+    stages = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.M)[1:]
+    fresh = [stage for stage in stages if stage.startswith("python:")]
+    assert len(fresh) == 2, "expected the deps and runtime stages to start from a Python image"
+    for stage in fresh:
+        assert "install --yes --no-install-recommends libgomp1" in stage, stage.splitlines()[0]

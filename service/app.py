@@ -224,11 +224,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.catalog = catalog
     app.state.batcher = MicroBatcher()
     app.state.reload = reload
-    app.include_router(health.router)
-    app.include_router(models.router)
+    # Routes are matched in order, one regex each: prediction routes first, as they take the traffic.
     app.include_router(gemm.router)
     app.include_router(cpu.router)
     app.include_router(mlir.router)
+    app.include_router(health.router)
+    app.include_router(models.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

@@ -274,14 +274,15 @@ class CostRegressor(RegressorMixin, BaseEstimator):
 def lightgbm_onnx(booster: lgb.Booster) -> bytes:
     """The booster as an ONNX tree ensemble over a float32 feature matrix, its feature names recorded.
 
-    onnxruntime evaluates it 3-4x faster than LightGBM's own predictor (10,000 rows of the 2,000-tree GEMM
-    runtime model: 0.5 s instead of 1.9 s here), and the format holds no code. ONNX thresholds are float32,
-    so each is first moved down to the largest float32 not above it: for float32 inputs (what the trees
-    were fit on) ``x <= t`` and ``x <= t32`` then agree, and every row takes LightGBM's own branches.
+    onnxruntime evaluates it faster than LightGBM's own predictor (10,000 rows of the 2,000-tree GEMM runtime
+    model, one thread: 0.42 s instead of 1.95 s, or 1.12 s on two), and the format holds no code. ONNX
+    thresholds are float32, so each is first moved down to the largest float32 not above it: for float32
+    inputs (what the trees were fit on) ``x <= t`` and ``x <= t32`` then agree, and every row takes
+    LightGBM's own branches.
     """
     text = booster.model_to_string()
     if any(int(flag) & 1 for line in DECISION_TYPES.findall(text) for flag in line.split()):
-        raise ValueError("categorical splits cannot be exported: the features are all numeric")
+        raise ValueError("the booster has categorical splits, which this export does not handle")
     # The header's byte size per tree would no longer match the rewritten trees; without it LightGBM
     # parses them in order.
     text = TREE_SIZES.sub("", THRESHOLDS.sub(lambda m: "threshold=" + _float32_below(m[1]), text))

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 CARD = "card.json"
 # Calibration grids hold |log residual| quantiles at these levels; coverage is interpolated between them.
 QUANTILE_LEVELS = np.round(np.linspace(0.0, 1.0, 201), 3)
+# Coverages whose interval half-widths a target keeps at a time.
+WIDTH_CACHE_SIZE = 64
 # Name of the ONNX export's input, and the metadata key listing the feature columns it was fit on.
 ONNX_INPUT = "features"
 ONNX_FEATURE_NAMES = "feature_names"
@@ -127,6 +129,9 @@ class TargetModel:
     devices: list[str]
     # Index of the feature column holding a log-scale baseline the predictor's output is relative to.
     baseline: int | None = None
+    # Half-widths (inside, outside the training distribution) per requested coverage: requests mostly
+    # repeat one coverage, and interpolating the grids costs more than the rest of a one-row interval.
+    _widths: dict[float, tuple[float, float]] = field(default_factory=dict, repr=False, compare=False)
 
     def predict_log(self, matrix: np.ndarray) -> np.ndarray:
         """Log-scale prediction from the feature matrix (columns in the card's order, checked at load)."""
@@ -154,13 +159,20 @@ class TargetModel:
     def halfwidths(self, coverage: float, seen: np.ndarray) -> np.ndarray:
         """Log-scale half-width per row: the "seen" calibration for rows like the training data, the
         "unseen" one (held-out devices, families or CPU models) for the others."""
-        inside = halfwidth(self.calibration["seen"], coverage)
-        if "unseen" not in self.calibration:
-            # Without held-out-group residuals there is no honest interval for a new group: NaN, which
-            # the domain reports as unavailable.
-            return np.where(seen, inside, np.nan)
-        # Never narrower outside the training distribution than inside, whatever the calibration sample.
-        outside = max(halfwidth(self.calibration["unseen"], coverage), inside)
+        if coverage not in self._widths:
+            inside = halfwidth(self.calibration["seen"], coverage)
+            # Without held-out-group residuals there is no honest interval for a new group: NaN, which the
+            # domain reports as unavailable. With them, never narrower outside the training distribution
+            # than inside, whatever the calibration sample.
+            outside = (
+                max(halfwidth(self.calibration["unseen"], coverage), inside)
+                if "unseen" in self.calibration
+                else np.nan
+            )
+            if len(self._widths) >= WIDTH_CACHE_SIZE:
+                self._widths.clear()  # coverage comes from requests: bound what they can make us keep
+            self._widths[coverage] = (inside, outside)
+        inside, outside = self._widths[coverage]
         return np.where(seen, inside, outside)
 
 

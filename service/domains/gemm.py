@@ -8,6 +8,7 @@ are derived from runtime and energy with their intervals carried through.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -46,31 +47,37 @@ def resolve_devices(
 ) -> tuple[list[str], dict[str, DeviceSpec]]:
     names: list[str] = []
     specs: dict[str, DeviceSpec] = {}
+    by_request_name: dict[str, DeviceSpec] = {}  # rows of a batch mostly name the same few devices
+    trained_lower = {n.lower(): s for n, s in trained.items()}
     for i, inst in enumerate(instances):
         if inst.device_spec is not None:
             spec = inst.device_spec
         else:
             assert inst.device is not None
-            found = next((s for n, s in trained.items() if n.lower() == inst.device.lower()), None)
+            found = by_request_name.get(inst.device) or trained_lower.get(inst.device.lower())
             if found is None:
                 try:
                     found = catalog.get(inst.device)
                 except DeviceError as exc:
                     raise UnknownDeviceError(i, str(exc)) from exc
-            spec = found
+            by_request_name[inst.device] = spec = found
         names.append(spec.name)
         specs[spec.name] = spec
     return names, specs
 
 
-def _interval(pred: Prediction, i: int) -> dict[str, float] | None:
-    """One row's interval, or None when the value is not a finite number (reported as unavailable)."""
-    values = {"value": float(pred.value[i]), "low": float(pred.low[i]), "high": float(pred.high[i])}
-    return values if all(np.isfinite(v) for v in values.values()) else None
+def _intervals(pred: Prediction) -> list[dict[str, float] | None]:
+    """Each row's interval, or None where a bound is not a finite number (reported as unavailable)."""
+    return [
+        {"value": v, "low": lo, "high": hi}
+        if math.isfinite(v) and math.isfinite(lo) and math.isfinite(hi)
+        else None
+        for v, lo, hi in zip(pred.value.tolist(), pred.low.tolist(), pred.high.tolist(), strict=True)
+    ]
 
 
 def _ood_reasons(
-    rows: dict[str, list[Any]], model: TabularModel, trained: dict[str, DeviceSpec]
+    rows: dict[str, list[Any]], total_flops: np.ndarray, model: TabularModel, trained: dict[str, DeviceSpec]
 ) -> list[list[str]]:
     """Why each row lies outside the training data (empty list: inside). Vectorised per check."""
     profile = model.card.get("profile", {})
@@ -81,7 +88,7 @@ def _ood_reasons(
     for i in np.flatnonzero(~member_of(devices, trained)):
         reasons[i].append(f"device {devices[i]!r} is not among the {len(trained)} training devices")
     numeric = {col: np.array(rows[col], dtype=float) for col in ("m", "n", "k", "batch")}
-    numeric["flops"] = features.flops(rows)
+    numeric["flops"] = total_flops
     for col, values in numeric.items():
         if col not in ranges:
             continue
@@ -107,19 +114,22 @@ def predict(
     rows["device"] = names
     matrix = features.feature_matrix(rows, specs)
     results = model.predict(matrix, coverage, names, only_seen=DEVICE_BOUND_TARGETS)
-    ood = _ood_reasons(rows, model, trained)
     flops = features.flops(rows)
-    peak_flops = matrix[:, features.FEATURE_COLUMNS.index("peak_gflops")] * 1e9
+    ood = _ood_reasons(rows, flops, model, trained)
+    peak_flops = (matrix[:, features.FEATURE_COLUMNS.index("peak_gflops")] * 1e9).tolist()
+    flops_list = flops.tolist()
+    intervals = {target: _intervals(pred) for target, (pred, _) in results.items()}
 
+    label = f"{model.name} {model.version}"
     out = []
     for i, inst in enumerate(instances):
         row: dict[str, Any] = {"unavailable": {}}
         for target in ("runtime_ms", "power_w", "energy_j"):
             if target not in results:
                 row[target] = None
-                row["unavailable"][target] = f"model {model.name} {model.version} has no {target} model"
+                row["unavailable"][target] = f"model {label} has no {target} model"
                 continue
-            pred, seen = results[target]
+            _, seen = results[target]
             if target in DEVICE_BOUND_TARGETS and not seen[i]:
                 measured_on = ", ".join(model.targets[target].devices)
                 row[target] = None
@@ -133,12 +143,14 @@ def predict(
                     f"too few to know its error on {names[i]!r}, so no number is given"
                 )
             else:
-                row[target] = _interval(pred, i)
+                row[target] = intervals[target][i]
                 if row[target] is None:
                     row["unavailable"][target] = "the prediction is not a finite number for this input"
         runtime = row["runtime_ms"]
         if runtime is not None:
-            achieved = [flops[i] / (runtime[key] / 1e3) / peak_flops[i] for key in ("value", "high", "low")]
+            achieved = [
+                flops_list[i] / (runtime[key] / 1e3) / peak_flops[i] for key in ("value", "high", "low")
+            ]
             row["utilization"] = dict(zip(("value", "low", "high"), achieved, strict=True))
             price = (
                 inst.price_per_hour_usd

@@ -34,6 +34,7 @@ from service.features import gemm as gemm_features
 from service.features import mlir as mlir_features
 from service.registry import FeatureSpec, ModelRegistry
 from service.routers import cpu, gemm, health, mlir, models
+from service.routing import add_body_schemas
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -213,12 +214,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if hup:
             loop.remove_signal_handler(signal.SIGHUP)
 
+    # FastAPI's native OpenTelemetry checks the global providers on every request even when none is set
+    # up: off unless asked for (16-client p50 on this 2-core machine: 8.1 → 6.5 ms without the checks).
+    otel = settings.opentelemetry
     app = FastAPI(
         title="perfcost",
         version=__version__,
         description="Predicts runtime, power, energy, utilization and cost of compute before it runs.",
         lifespan=lifespan,
+        telemetry={"tracing": otel, "metrics": otel, "logs": otel, "operation_spans": otel},
     )
+    app.openapi = add_body_schemas(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.registry = registry
     app.state.catalog = catalog

@@ -1,10 +1,13 @@
 """Adaptive micro-batching: concurrent small requests share one model call.
 
 Like MLServer's adaptive batching, but without a wait window: a request's rows are queued, and the first
-queued request schedules a flush on the event loop's next turn. Every request that arrived meanwhile (on
-the same model version and coverage) is predicted in the same call, and each gets its own rows back.
-Feature building and tree traversal cost about the same for 1 row as for 50, so under concurrency the
-per-request model cost falls roughly by the batch size, and no request waits for a timer.
+queued request schedules a flush for the event loop's turn after next. Requests whose bytes had already
+arrived when the loop next polls its sockets are parsed in between and join the same call; a flush on the
+very next turn ran before their handlers (uvicorn schedules those behind it) and split a round of 16
+concurrent requests into batches of 1-15. Every request queued by then (on the same model version and
+coverage) is predicted in one call, and each gets its own rows back. Feature building and tree traversal
+cost about the same for 1 row as for 50, so under concurrency the per-request model cost falls roughly by
+the batch size, and no request waits for a timer.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ class MicroBatcher:
         waiting.append((rows, future))
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
+            loop.call_soon(loop.call_soon, self._flush)
         return await future
 
     def _flush(self) -> None:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from functools import partial
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import ServingDep, check_batch, require_model
 from service.domains import gemm
-from service.routing import StrictJSONRoute
+from service.routing import json_body, read_json_body
 from service.schemas.common import ErrorResponse
 from service.schemas.gemm import GemmPredictRequest, GemmPredictResponse
 
-router = APIRouter(prefix="/v1/gemm", tags=["gemm"], route_class=StrictJSONRoute)
+router = APIRouter(prefix="/v1/gemm", tags=["gemm"])
 MODEL = "gemm"
 # Larger requests are already batches: they run in a worker thread instead of joining a micro-batch.
 MICRO_BATCH_MAX_INSTANCES = 64
@@ -22,10 +22,17 @@ MICRO_BATCH_MAX_INSTANCES = 64
 
 @router.post(
     "/predict",
+    openapi_extra=json_body(GemmPredictRequest),
     response_model=GemmPredictResponse,
-    responses={404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    responses={
+        404: {"model": ErrorResponse},
+        413: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
 )
-async def predict(request: GemmPredictRequest, serving: ServingDep) -> JSONResponse:
+async def predict(http_request: Request, serving: ServingDep) -> JSONResponse:
+    request = await read_json_body(http_request, GemmPredictRequest)
     check_batch(len(request.instances), serving.settings)
     model = require_model(serving.snapshot, MODEL)
     catalog = serving.catalog

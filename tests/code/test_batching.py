@@ -54,3 +54,29 @@ def test_an_error_reaches_every_request_of_the_call() -> None:
 
     results = asyncio.run(main())
     assert all(isinstance(r, RuntimeError) and str(r) == "model failed" for r in results)
+
+
+def test_a_request_parsed_on_the_next_loop_turn_joins_the_call() -> None:
+    """uvicorn starts a request's handler from a socket callback, queued behind whatever the loop already
+    had: a request whose bytes arrived just after the first one's must still share its call."""
+    calls: list[list[int]] = []
+
+    def run(rows: list[int]) -> list[int]:
+        calls.append(list(rows))
+        return rows
+
+    async def main() -> list[list[int]]:
+        batcher = MicroBatcher()
+        loop = asyncio.get_running_loop()
+        handlers: list[asyncio.Task[list[int]]] = []
+
+        async def first() -> list[int]:
+            # Like a socket callback on the next turn, which starts the second request's handler.
+            loop.call_soon(lambda: handlers.append(loop.create_task(batcher.submit("k", [2], run))))
+            return await batcher.submit("k", [1], run)
+
+        one = await first()
+        return [one, await handlers[0]]
+
+    assert asyncio.run(main()) == [[1], [2]]
+    assert calls == [[1, 2]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import socket
@@ -427,3 +428,61 @@ def test_end_to_end_over_real_uvicorn(model_dir: Path, tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "reason"),
+    [
+        ({"content-type": "text/plain"}, json.dumps({"instances": [GOOD]}), "Content-Type application/json"),
+        ({}, json.dumps({"instances": [GOOD]}), "Content-Type application/json"),
+        ({"content-type": "application/json"}, "", "the body is empty"),
+        ({"content-type": "application/json"}, "[1, 2]", "valid dictionary"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_is_422_saying_why(
+    client: TestClient, headers: dict[str, str], body: str, reason: str
+) -> None:
+    r = client.post("/v1/gemm/predict", content=body, headers=headers)
+    assert r.status_code == 422
+    detail = r.json()["detail"][0]
+    assert detail["field"] == "body" and reason in detail["reason"], detail
+
+
+def test_json_media_types_with_parameters_or_suffixes_are_accepted(client: TestClient) -> None:
+    body = json.dumps({"instances": [GOOD]})
+    for content_type in ("application/json; charset=utf-8", "application/vnd.perfcost+json"):
+        r = client.post("/v1/gemm/predict", content=body, headers={"content-type": content_type})
+        assert r.status_code == 200, (content_type, r.text)
+
+
+def test_openapi_documents_every_prediction_body_and_every_reference_resolves(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    for path, model in (
+        ("/v1/gemm/predict", "GemmPredictRequest"),
+        ("/v1/cpu/predict", "CpuPredictRequest"),
+        ("/v1/mlir/predict", "MlirPredictRequest"),
+    ):
+        body = document["paths"][path]["post"]["requestBody"]
+        assert body["required"] is True
+        assert body["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}
+        assert "instances" in schemas[model]["properties"]
+    assert schemas["GemmInstance"]["required"] == ["m", "n", "k"]
+    refs = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(document)))
+    assert refs and refs <= set(schemas), refs - set(schemas)
+
+
+def test_opentelemetry_checks_run_per_request_only_when_enabled(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry import trace
+
+    calls = []
+    real = trace.get_tracer_provider
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: calls.append(1) or real())
+    for enabled, expect_calls in ((False, False), (True, True)):
+        calls.clear()
+        app = create_app(Settings(model_dir=model_dir, opentelemetry=enabled))
+        with TestClient(app) as c:
+            assert c.get("/healthz").status_code == 200
+        assert bool(calls) is expect_calls, enabled

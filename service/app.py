@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import signal
 import time
@@ -181,6 +182,20 @@ def _return_freed_memory() -> None:
         log.debug("malloc_trim unavailable: freed model memory stays with the allocator")
 
 
+def _settle_heap() -> None:
+    """After a (re)load: collect what the replaced models left, return it to the OS, then freeze the rest.
+
+    Frozen objects (the app, the loaded models, the imported libraries) are skipped by every later garbage
+    collection, which otherwise traversed them again and again while serving: ~4% of a one-instance
+    request's CPU time went to collections under 16-client load. The next reload unfreezes first, so the
+    models it replaces are collected like any other garbage.
+    """
+    gc.unfreeze()
+    gc.collect()
+    _return_freed_memory()
+    gc.freeze()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     registry = ModelRegistry(settings.model_dir, FEATURES)
@@ -193,7 +208,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def reload_now() -> None:
         snapshot = registry.reload()
-        _return_freed_memory()
+        _settle_heap()
         metrics.model_info.clear()
         for name, model in snapshot.models.items():
             metrics.model_info.labels(name, model.version).set(1)

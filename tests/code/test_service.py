@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import httpx
@@ -486,3 +488,15 @@ def test_opentelemetry_checks_run_per_request_only_when_enabled(
         with TestClient(app) as c:
             assert c.get("/healthz").status_code == 200
         assert bool(calls) is expect_calls, enabled
+
+
+def test_the_heap_is_frozen_after_loading_and_a_replaced_model_is_still_collected(model_dir: Path) -> None:
+    with make_client(model_dir, admin_token="s3cret") as c:
+        assert gc.get_freeze_count() > 0  # the loaded app is out of every later collection's way
+        old = c.app.state.registry.snapshot.get("gemm")  # type: ignore[attr-defined]
+        old.cache["cycle"] = old  # garbage only cyclic collection can free
+        gone = weakref.ref(old)
+        del old
+        _republish_copy(model_dir, "-next")
+        assert c.post("/v1/admin/reload", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert gone() is None

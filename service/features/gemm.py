@@ -200,7 +200,10 @@ def feature_matrix(rows: Rows, devices: Mapping[str, DeviceSpec]) -> np.ndarray:
     """
     names = list(rows["device"])
     n_rows = len(names)
-    specs = [devices[name] for name in names]
+    # Device figures are looked up once per distinct device (a batch names a few), then indexed per row.
+    distinct = {name: i for i, name in enumerate(dict.fromkeys(names))}
+    which = np.fromiter((distinct[name] for name in names), dtype=np.intp, count=n_rows)
+    specs = [devices[name] for name in distinct]
     ops = _text(rows, "op", n_rows, "gemm")
     dtypes = _text(rows, "dtype", n_rows, "float32")
     kernels = _text(rows, "kernel", n_rows)
@@ -213,15 +216,18 @@ def feature_matrix(rows: Rows, devices: Mapping[str, DeviceSpec]) -> np.ndarray:
     out["layout_code"] = _code(_text(rows, "layout", n_rows), LAYOUTS)
     out["kernel_code"] = np.array([kernel_code(k) for k in kernels], dtype=float)
     for field in SPEC_FIELDS:
-        out[f"dev_{field}"] = np.array([float(getattr(s, field)) for s in specs], dtype=float)
+        out[f"dev_{field}"] = np.array([float(getattr(s, field)) for s in specs], dtype=float)[which]
 
     b, m, n, k = (out[c] for c in SIZE_FIELDS)
-    is_cpu = np.array([s.kind == "cpu" for s in specs], dtype=float)
+    is_cpu = np.array([s.kind == "cpu" for s in specs], dtype=float)[which]
     units = out["dev_sm_count"]
     threads = out["threads"]
     effective_units = np.where(np.isnan(threads), units, np.minimum(threads, units))
-    peak = np.array([s.peak_gflops(d) for s, d in zip(specs, dtypes, strict=True)], dtype=float)
-    peak = peak * effective_units / units
+    # Peak rate per distinct device and dtype; a dtype outside DTYPES (last column) runs at the FP32 rate.
+    peaks = np.array([[s.peak_gflops(d) for d in (*DTYPES, "float32")] for s in specs], dtype=float)
+    peaks = peaks.reshape(len(specs), len(DTYPES) + 1)
+    dtype_index = np.nan_to_num(out["dtype_code"], nan=len(DTYPES)).astype(np.intp)
+    peak = peaks[which, dtype_index] * effective_units / units
     bandwidth = out["dev_memory_bandwidth_gbps"]
     elem = np.array([DTYPE_BYTES.get(d, 4) for d in dtypes], dtype=float)
     beta = _filled(out["beta"], 0.0)
@@ -272,7 +278,7 @@ def feature_matrix(rows: Rows, devices: Mapping[str, DeviceSpec]) -> np.ndarray:
     out["peak_gflops"] = peak
     out["kernel_tile_m"] = kt_m
     out["kernel_tile_n"] = kt_n
-    tdp = np.array([s.tdp_w if s.tdp_w else np.nan for s in specs], dtype=float)
+    tdp = np.array([s.tdp_w if s.tdp_w else np.nan for s in specs], dtype=float)[which]
     out["tdp_per_gflop"] = tdp / out["dev_fp32_gflops"]
     out["bandwidth_per_gflop"] = bandwidth / out["dev_fp32_gflops"]
     matrix = np.empty((n_rows, len(FEATURE_COLUMNS)))

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from service.deps import ServingDep, SnapshotDep, check_batch, require_model
 from service.domains import cpu
 from service.routing import json_body, read_json_body
-from service.schemas.common import ErrorResponse
+from service.schemas.common import error_responses
 from service.schemas.cpu import CpuBenchmarksResponse, CpuPredictRequest, CpuPredictResponse
 
 router = APIRouter(prefix="/v1/cpu", tags=["cpu"])
@@ -24,7 +24,7 @@ MICRO_BATCH_MAX_INSTANCES = 64
     "/predict",
     openapi_extra=json_body(CpuPredictRequest),
     response_model=CpuPredictResponse,
-    responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    responses=error_responses(413, 422, 503),
 )
 async def predict(http_request: Request, serving: ServingDep) -> JSONResponse:
     request = await read_json_body(http_request, CpuPredictRequest)
@@ -50,6 +50,6 @@ async def predict(http_request: Request, serving: ServingDep) -> JSONResponse:
     )
 
 
-@router.get("/benchmarks", response_model=CpuBenchmarksResponse, responses={503: {"model": ErrorResponse}})
+@router.get("/benchmarks", response_model=CpuBenchmarksResponse, responses=error_responses(503))
 async def benchmarks(snapshot: SnapshotDep) -> JSONResponse:
     return JSONResponse(cpu.benchmarks(require_model(snapshot, MODEL)))

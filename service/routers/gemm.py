@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from service.deps import ServingDep, check_batch, require_model
 from service.domains import gemm
 from service.routing import json_body, read_json_body
-from service.schemas.common import ErrorResponse
+from service.schemas.common import error_responses
 from service.schemas.gemm import GemmPredictRequest, GemmPredictResponse
 
 router = APIRouter(prefix="/v1/gemm", tags=["gemm"])
@@ -24,12 +24,7 @@ MICRO_BATCH_MAX_INSTANCES = 64
     "/predict",
     openapi_extra=json_body(GemmPredictRequest),
     response_model=GemmPredictResponse,
-    responses={
-        404: {"model": ErrorResponse},
-        413: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
-        503: {"model": ErrorResponse},
-    },
+    responses=error_responses(404, 413, 422, 503),
 )
 async def predict(http_request: Request, serving: ServingDep) -> JSONResponse:
     request = await read_json_body(http_request, GemmPredictRequest)

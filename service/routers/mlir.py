@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from service.deps import ServingDep, check_batch, require_model
 from service.domains import mlir
 from service.routing import json_body, read_json_body
-from service.schemas.common import ErrorResponse
+from service.schemas.common import error_responses
 from service.schemas.mlir import MlirPredictRequest, MlirPredictResponse
 
 router = APIRouter(prefix="/v1/mlir", tags=["mlir"])
@@ -22,11 +22,7 @@ THREADPOOL_BYTES = 256 * 1024
     "/predict",
     openapi_extra=json_body(MlirPredictRequest),
     response_model=MlirPredictResponse,
-    responses={
-        413: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
-        503: {"model": ErrorResponse},
-    },
+    responses=error_responses(413, 422, 503),
 )
 async def predict(http_request: Request, serving: ServingDep) -> JSONResponse:
     request = await read_json_body(http_request, MlirPredictRequest)

@@ -44,3 +44,8 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: list[ErrorDetail]
+
+
+def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a route: each of these statuses answers an :class:`ErrorResponse`."""
+    return {code: {"model": ErrorResponse} for code in status_codes}

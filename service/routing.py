@@ -53,10 +53,10 @@ def strict_json(body: bytes) -> Any:
         raise json.JSONDecodeError(str(exc), text, 0) from exc
 
 
-def _body_error(reason: str, **extra: Any) -> RequestValidationError:
+def _body_error(message: str, reason: str, **extra: Any) -> RequestValidationError:
+    """A 422 on the body as a whole (the app's handler reports ``message: reason`` for the field "body")."""
     return RequestValidationError(
-        [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "ctx": {"error": reason}}],
-        **extra,
+        [{"type": "json_invalid", "loc": ("body",), "msg": message, "ctx": {"error": reason}}], **extra
     )
 
 
@@ -69,14 +69,17 @@ async def read_json_body(request: Request, model: type[ModelT]) -> ModelT:
     """The request's body as ``model``; a RequestValidationError (422) naming the field otherwise."""
     content_type = request.headers.get("content-type", "")
     if not _is_json(content_type):
-        raise _body_error(f"expected Content-Type application/json, got {content_type or 'none'!r}")
+        raise _body_error(
+            "unsupported media type",
+            f"expected Content-Type application/json, got {content_type or 'none'!r}",
+        )
     body = await request.body()
     if not body.strip():
-        raise _body_error("the body is empty; send a JSON object")
+        raise _body_error("empty body", "the body is empty; send a JSON object")
     try:
         data = strict_json(body)
     except json.JSONDecodeError as exc:
-        raise _body_error(exc.msg, body=exc.doc) from exc
+        raise _body_error("JSON decode error", exc.msg, body=exc.doc) from exc
     try:
         return model.model_validate(data)
     except ValidationError as exc:

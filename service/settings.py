@@ -52,14 +52,14 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         default=30.0, gt=0, le=3600, description="Time budget of one request; past it the answer is 503."
     )
-    # Longer than the idle timeouts of common clients and proxies: a server that closes an idle connection
-    # just as a client reuses it drops that request (64-client load here: 13 ReadErrors in 60 s at 5 s,
-    # none at 75 s; nginx's default is also 75 s).
     opentelemetry: bool = Field(
         default=False,
         description="Let FastAPI send request traces, metrics and logs to the configured OpenTelemetry "
         "providers (Prometheus metrics at /metrics are always on).",
     )
+    # Longer than the idle timeouts of common clients and proxies: a server that closes an idle connection
+    # just as a client reuses it drops that request (64-client load here: 13 ReadErrors in 60 s at 5 s,
+    # none at 75 s; nginx's default is also 75 s).
     keep_alive_s: int = Field(default=75, ge=1, description="Idle keep-alive connections close after this.")
     graceful_shutdown_s: int = Field(default=10, ge=1, description="In-flight requests get this to finish.")
     admin_token: SecretStr | None = Field(

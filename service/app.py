@@ -49,7 +49,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 FEATURES = {
     "gemm": FeatureSpec(gemm_features.FEATURE_VERSION, gemm_features.FEATURE_COLUMNS),
     "cpu": FeatureSpec(cpu_features.FEATURE_VERSION, cpu_features.FEATURE_COLUMNS),
-    "mlir": FeatureSpec(mlir_features.FEATURE_VERSION, mlir_features.FEATURE_COLUMNS),
+    "mlir": FeatureSpec(
+        mlir_features.FEATURE_VERSION, mlir_features.FEATURE_COLUMNS, mlir_features.RuntimeBaseline.from_card
+    ),
 }
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 class FeatureSpec:
     version: str
     columns: tuple[str, ...]
+    # What a domain needs from the card beyond the columns (e.g. fitted figures its features use):
+    # raises ValueError saying what is wrong, so the version is refused at load, not at the first request.
+    check_card: Callable[[dict[str, Any]], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,13 @@ class ModelRegistry:
                 refused.append(Refusal(name, version_dir.name, f"card names unknown domain {domain!r}"))
                 continue
             try:
-                return TabularModel(version_dir, spec.version, spec.columns).load()
+                model = TabularModel(version_dir, spec.version, spec.columns).load()
+                if spec.check_card is not None:
+                    try:
+                        spec.check_card(model.card)
+                    except ValueError as exc:
+                        raise ModelLoadError(f"{version_dir}: {exc}") from exc
+                return model
             except ModelLoadError as exc:
                 log.error("refusing %s version %s: %s", name, version_dir.name, exc)
                 refused.append(Refusal(name, version_dir.name, str(exc)))

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+from scipy.optimize import least_squares
+from sklearn.base import BaseEstimator
 from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 
@@ -55,16 +57,50 @@ def log_target(frame: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray
     return mask, np.log(values[mask] + offset)
 
 
+class BaselineFit(BaseEstimator):
+    """Fits :class:`service.features.mlir.RuntimeBaseline`'s four figures to measured runtimes: least
+    squares on the log scale with a soft-L1 loss, so that a few programs far off the roofline (IREE's
+    transposes run at a tenth of the bandwidth of anything else) do not drag the figures."""
+
+    def __init__(self, initial: tuple[float, float, float, float] = (1e-3, 2e-2, 1e7, 1e6)) -> None:
+        self.initial = initial
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> BaselineFit:
+        """``X``: a table of :data:`service.features.mlir.SUMMARY_COLUMNS`; ``y``: runtimes in ms."""
+        y = np.asarray(y, dtype=float)
+        usable = np.isfinite(y) & (y > 0)
+        if usable.sum() < MIN_ROWS:
+            raise ValueError(
+                f"runtime baseline: {usable.sum()} programs with a runtime, at least {MIN_ROWS} needed"
+            )
+        rows, log_y = X.loc[usable], np.log(y[usable])
+
+        def residual(theta: np.ndarray) -> np.ndarray:
+            return mlir_features.RuntimeBaseline(*np.exp(theta)).log_ms(rows) - log_y
+
+        solution = least_squares(residual, x0=np.log(self.initial), loss="soft_l1")
+        self.baseline_ = mlir_features.RuntimeBaseline(*(float(v) for v in np.exp(solution.x)))
+        self.log_residual_median_ = float(np.median(np.abs(solution.fun)))
+        return self
+
+
 def fit_mlir(
     frame: pd.DataFrame,
-    features: pd.DataFrame,
+    table: pd.DataFrame,
     targets: tuple[str, ...] = tuple(TARGET_OFFSETS),
     n_splits: int = 5,
     grouped: bool = True,
     candidates: tuple[str, ...] = CANDIDATES,
-) -> dict[str, tuple[CostRegressor, dict[str, Any]]]:
-    """One fitted regressor per target with enough rows; ``grouped`` adds the leave-families-out
-    ("unseen") calibration."""
+) -> tuple[dict[str, tuple[CostRegressor, dict[str, Any]]], mlir_features.RuntimeBaseline]:
+    """The runtime baseline fitted on ``frame``'s runtimes, and one regressor per target with enough rows
+    on ``table`` (:func:`service.features.mlir.summary_table`) plus that baseline. ``grouped`` adds the
+    leave-families-out ("unseen") calibration and picks each target's form by it: the deployed model is
+    asked about programs unlike its training programs, and on the random folds a forest that memorised
+    the families looks better than it is."""
+    fitted = BaselineFit().fit(table, frame["runtime_ms"].to_numpy(dtype=float))
+    baseline = fitted.baseline_
+    log.info("runtime baseline %s (median |log error| %.3f)", baseline.to_card(), fitted.log_residual_median_)
+    features = mlir_features.with_baseline(table, baseline)
     models: dict[str, tuple[CostRegressor, dict[str, Any]]] = {}
     for target in targets:
         mask, y = log_target(frame, target)
@@ -73,11 +109,14 @@ def fit_mlir(
             continue
         log.info("fitting %s on %d programs", target, mask.sum())
         groups = frame.loc[mask, "family"].to_numpy() if grouped else None
-        model = CostRegressor(candidates=candidates, n_splits=n_splits).fit(
-            features.loc[mask], y, groups=groups
-        )
+        model = CostRegressor(
+            candidates=candidates,
+            n_splits=n_splits,
+            select_by="unseen" if grouped else "seen",
+            baseline=mlir_features.BASELINE_COLUMN if target == "runtime_ms" else None,
+        ).fit(features.loc[mask], y, groups=groups)
         models[target] = (model, {"offset": TARGET_OFFSETS[target], "n_train": int(mask.sum())})
-    return models
+    return models, baseline
 
 
 def profile(frame: pd.DataFrame, summaries: list[mlir_features.Summary]) -> dict[str, Any]:
@@ -114,8 +153,8 @@ def publish_mlir(
     started = time.perf_counter()
     environment = environment or {}
     summaries = [mlir_features.summarize(t) for t in frame["mlir"]]
-    features = mlir_features.features_from_summaries(summaries)
-    models = fit_mlir(frame, features, n_splits=n_splits, candidates=candidates)
+    table = mlir_features.summary_table(summaries)
+    models, baseline = fit_mlir(frame, table, n_splits=n_splits, candidates=candidates)
     device = environment.get("cpu_model") or "local CPU"
     for _, extra in models.values():
         extra["devices"] = [device]
@@ -123,6 +162,7 @@ def publish_mlir(
         "domain": "mlir",
         "feature_version": mlir_features.FEATURE_VERSION,
         "feature_columns": list(mlir_features.FEATURE_COLUMNS),
+        mlir_features.RuntimeBaseline.CARD_KEY: baseline.to_card(),
         "device": device,
         "datasets": [{**(dataset or {}), "rows": len(frame), "iree": environment.get("versions", {})}],
         "profile": profile(frame, summaries),
@@ -222,19 +262,18 @@ def evaluate_mlir_dataset(
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     data = load_mlir(directory)
     frame = measured(data)
-    features = mlir_features.build_features(frame["mlir"])
+    table = mlir_features.summary_table([mlir_features.summarize(t) for t in frame["mlir"]])
     if protocol == "random":
         train_idx, test_idx = train_test_split(np.arange(len(frame)), test_size=0.2, random_state=0)
         train, test = frame.iloc[train_idx], frame.iloc[test_idx]
-        models = fit_mlir(
+        models, baseline = fit_mlir(
             train.reset_index(drop=True),
-            features.iloc[train_idx].reset_index(drop=True),
+            table.iloc[train_idx].reset_index(drop=True),
             targets or tuple(TARGET_OFFSETS),
             grouped=False,
         )
-        predictions = _predict_frame(
-            models, test.reset_index(drop=True), features.iloc[test_idx].reset_index(drop=True), "seen"
-        )
+        test_features = mlir_features.with_baseline(table.iloc[test_idx].reset_index(drop=True), baseline)
+        predictions = _predict_frame(models, test.reset_index(drop=True), test_features, "seen")
         n_train = len(train)
     elif protocol == "group-family":
         families = sorted(frame["family"].unique())
@@ -244,21 +283,16 @@ def evaluate_mlir_dataset(
         for family in families:
             log.info("group-family: holding out %s", family)
             held = (frame["family"] == family).to_numpy()
-            models = fit_mlir(
+            models, baseline = fit_mlir(
                 frame.loc[~held].reset_index(drop=True),
-                features.loc[~held].reset_index(drop=True),
+                table.loc[~held].reset_index(drop=True),
                 targets or ("runtime_ms",),
                 n_splits=3,
                 grouped=True,
             )
-            parts.append(
-                _predict_frame(
-                    models,
-                    frame.loc[held].reset_index(drop=True),
-                    features.loc[held].reset_index(drop=True),
-                    "unseen",
-                )
-            )
+            held_rows = frame.loc[held].reset_index(drop=True)
+            held_features = mlir_features.with_baseline(table.loc[held].reset_index(drop=True), baseline)
+            parts.append(_predict_frame(models, held_rows, held_features, "unseen"))
         predictions = pd.concat(parts, ignore_index=True)
         n_train = int(len(frame) * (len(families) - 1) / len(families))
     else:

@@ -98,7 +98,7 @@ def _summary_json(summary: features.Summary, seen_ops: set[str]) -> dict[str, An
 def predict(instances: list[MlirInstance], coverage: float, model: TabularModel) -> list[dict[str, Any]]:
     """Response rows for checked instances (see :func:`check_instances`)."""
     summaries = [features.summarize(inst.mlir) for inst in instances]
-    table = features.features_from_summaries(summaries)
+    table = features.features_from_summaries(summaries, features.RuntimeBaseline.from_card(model.card))
     profile = model.card.get("profile", {})
     seen_ops = set(profile.get("ops", []))
     ood = [_ood(s, profile) for s in summaries]

@@ -65,10 +65,12 @@ ONNX_IMPORTED = """module {
 """  # noqa: E501
 
 DATASET = Path(__file__).resolve().parents[2] / "datasets" / "mlir-cpu-local"
+# Figures of the order training fits on the bundled dataset.
+BASELINE = F.RuntimeBaseline(floor_ms=1.3e-3, call_ms=0.06, flops_per_ms=2e7, bytes_per_ms=6e7)
 
 
 def row(text: str) -> dict[str, float]:
-    return dict(zip(F.FEATURE_COLUMNS, F.build_features([text]).iloc[0], strict=True))
+    return dict(zip(F.FEATURE_COLUMNS, F.build_features([text], BASELINE).iloc[0], strict=True))
 
 
 def test_hand_written_linalg_matmul() -> None:
@@ -218,15 +220,52 @@ def test_unknown_ops_and_dialects_are_counted_not_fatal() -> None:
 
 def test_feature_table_shape_determinism_and_finiteness() -> None:
     texts = [MATMUL, EXP_GENERIC, ONNX_IMPORTED, "module {}"]
-    table = F.build_features(texts)
+    table = F.build_features(texts, BASELINE)
     assert list(table.columns) == list(F.FEATURE_COLUMNS)
     assert len(set(F.FEATURE_COLUMNS)) == len(F.FEATURE_COLUMNS)
     assert np.isfinite(table.to_numpy()).all()
-    np.testing.assert_array_equal(table.to_numpy(), F.build_features(texts).to_numpy())
+    np.testing.assert_array_equal(table.to_numpy(), F.build_features(texts, BASELINE).to_numpy())
     ngrams = table[[c for c in table.columns if c.startswith("ngram_")]].to_numpy()
     assert np.allclose(ngrams[:3].sum(axis=1), 1.0)
     # LightGBM refuses JSON punctuation in feature names.
     assert not any(ch in c for c in F.FEATURE_COLUMNS for ch in ':,"[]{}')
+
+
+def test_runtime_baseline_follows_the_work_and_is_the_floor_when_nothing_runs() -> None:
+    small, large = MATMUL, MATMUL.replace("64x", "640x")
+    folded = row(
+        "func.func @main(%a: tensor<1x8xf32>) -> tensor<8x1xf32> {\n"
+        "  %e = tensor.empty() : tensor<8x1xf32>\n"
+        "  %t = linalg.transpose ins(%a : tensor<1x8xf32>) outs(%e : tensor<8x1xf32>) permutation = [1, 0]\n"
+        "  return %t : tensor<8x1xf32>\n}"
+    )
+    assert folded["work_ops"] == 0
+    assert folded[F.BASELINE_COLUMN] == pytest.approx(math.log(BASELINE.floor_ms))
+    r_small, r_large = row(small), row(large)
+    flops = math.exp(r_large["log_flops"])
+    expected = BASELINE.floor_ms + BASELINE.call_ms + flops / BASELINE.flops_per_ms
+    expected += math.exp(r_large["log_bytes"]) / BASELINE.bytes_per_ms
+    assert r_large[F.BASELINE_COLUMN] == pytest.approx(math.log(expected))
+    assert r_small[F.BASELINE_COLUMN] < r_large[F.BASELINE_COLUMN]
+
+
+def test_runtime_baseline_card_round_trip_and_errors_name_the_field() -> None:
+    card = {F.RuntimeBaseline.CARD_KEY: BASELINE.to_card()}
+    assert F.RuntimeBaseline.from_card(card) == BASELINE
+    with pytest.raises(ValueError, match="has no 'runtime_baseline'"):
+        F.RuntimeBaseline.from_card({})
+    for field, value, reason in [
+        ("flops_per_ms", -1.0, "must be positive"),
+        ("call_ms", float("nan"), "must be a finite number"),
+        ("floor_ms", True, "must be a finite number"),
+        ("bytes_per_ms", "fast", "must be a finite number"),
+    ]:
+        bad = {F.RuntimeBaseline.CARD_KEY: {**BASELINE.to_card(), field: value}}
+        with pytest.raises(ValueError, match=f"runtime_baseline.{field} {reason}"):
+            F.RuntimeBaseline.from_card(bad)
+    missing = {F.RuntimeBaseline.CARD_KEY: {k: v for k, v in BASELINE.to_card().items() if k != "call_ms"}}
+    with pytest.raises(ValueError, match="runtime_baseline.call_ms must be a finite number, got None"):
+        F.RuntimeBaseline.from_card(missing)
 
 
 @pytest.mark.parametrize(

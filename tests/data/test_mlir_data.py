@@ -63,6 +63,22 @@ def test_every_family_spans_four_orders_of_magnitude_of_work(data) -> None:
             assert part["mlir"].str.contains("torch.operator").all()
 
 
+def test_runtime_baseline_fitted_on_the_dataset_separates_folded_programs_from_dispatches(data) -> None:
+    from training.mlir import BaselineFit
+
+    ok = measured(data)
+    table = F.summary_table([F.summarize(t) for t in ok["mlir"]])
+    baseline = BaselineFit().fit(table, ok["runtime_ms"].to_numpy()).baseline_
+    # 31 programs do no work once folded, and 27 of them run in about a microsecond (no dispatch); the fastest
+    # dispatches take tens of microseconds.
+    assert 2e-4 < baseline.floor_ms < 3e-3
+    assert 0.01 < baseline.call_ms < 0.2
+    folded = (table["work_ops"] == 0).to_numpy()
+    assert folded.sum() >= 20
+    measured_folded = np.median(ok["runtime_ms"].to_numpy()[folded])
+    assert baseline.floor_ms == pytest.approx(measured_folded, rel=0.5)
+
+
 def test_card_and_environment() -> None:
     env = json.loads((DATASET / "environment.json").read_text())
     assert env["versions"]["iree-base-compiler"] and env["cpu_flags"] and env["date"]

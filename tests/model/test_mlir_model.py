@@ -4,6 +4,8 @@ the limits on program text (the latency of a 10 KB program is measured by benchm
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from service.app import create_app
 from service.features import mlir as F
 from service.model import TabularModel
 from service.settings import Settings
-from training.mlir import TARGET_OFFSETS
+from training.mlir import TARGET_OFFSETS, BaselineFit
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +48,42 @@ def test_card_records_domain_features_and_training_profile(model_dir: Path) -> N
     assert len(profile["families"]) == 15
     for target, spec in model.card["targets"].items():
         assert spec["offset"] == TARGET_OFFSETS[target] and set(spec["calibration"]) == {"seen", "unseen"}
+    baseline = F.RuntimeBaseline.from_card(model.card)
+    # The 210 sampled programs may hold none the compiler folds away, which is what tells the floor from
+    # the cost of a call; their sum is the fastest dispatch, tens of microseconds here.
+    assert 0.01 < baseline.floor_ms + baseline.call_ms < 0.2
+
+
+def test_baseline_fit_recovers_the_figures_behind_the_runtimes(
+    split: tuple[pd.DataFrame, pd.DataFrame],
+) -> None:
+    table = F.summary_table([F.summarize(t) for t in split[0]["mlir"]])
+    truth = F.RuntimeBaseline(floor_ms=1e-3, call_ms=0.05, flops_per_ms=3e7, bytes_per_ms=5e6)
+    noise = np.random.default_rng(0).lognormal(0.0, 0.05, len(table))
+    fitted = BaselineFit().fit(table, np.exp(truth.log_ms(table)) * noise).baseline_
+    for name, value in truth.to_card().items():
+        assert getattr(fitted, name) == pytest.approx(value, rel=0.15), name
+    with pytest.raises(ValueError, match="at least 30 needed"):
+        BaselineFit().fit(table.head(20), np.ones(20))
+
+
+def test_a_card_without_a_usable_baseline_is_refused_and_the_previous_version_serves(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    (good,) = (model_dir / "mlir").iterdir()
+    root = tmp_path / "models"
+    shutil.copytree(model_dir, root)
+    bad = root / "mlir" / (good.name + "z")
+    shutil.copytree(good, bad)
+    card = json.loads((bad / "card.json").read_text())
+    card[F.RuntimeBaseline.CARD_KEY]["bytes_per_ms"] = 0
+    (bad / "card.json").write_text(json.dumps(card))
+    with TestClient(create_app(Settings(model_dir=root))) as c:
+        status = c.get("/v1/models").json()
+        assert [m["version"] for m in status["models"] if m["name"] == "mlir"] == [good.name]
+        (refusal,) = status["refused"]
+        assert refusal["version"] == bad.name
+        assert "runtime_baseline.bytes_per_ms must be positive" in refusal["reason"]
 
 
 def test_predictions_through_the_api(client: TestClient, split: tuple[pd.DataFrame, pd.DataFrame]) -> None:

@@ -26,7 +26,7 @@ import math
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import NamedTuple
@@ -777,10 +777,6 @@ def with_baseline(table: pd.DataFrame, baseline: RuntimeBaseline) -> pd.DataFram
 
 
 def features_from_summaries(summaries: Sequence[Summary], baseline: RuntimeBaseline) -> pd.DataFrame:
-    """The model inputs from already computed summaries (the service keeps them for its response)."""
+    """The model inputs, exactly :data:`FEATURE_COLUMNS`, one row per summary (the service keeps the
+    summaries for its response)."""
     return with_baseline(summary_table(summaries), baseline)
-
-
-def build_features(texts: Sequence[str] | Iterable[str], baseline: RuntimeBaseline) -> pd.DataFrame:
-    """Feature table for MLIR programs: exactly :data:`FEATURE_COLUMNS`, one row per text, in order."""
-    return features_from_summaries([summarize(t) for t in texts], baseline)

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
@@ -69,8 +70,12 @@ DATASET = Path(__file__).resolve().parents[2] / "datasets" / "mlir-cpu-local"
 BASELINE = F.RuntimeBaseline(floor_ms=1.3e-3, call_ms=0.06, flops_per_ms=2e7, bytes_per_ms=6e7)
 
 
+def features(texts: list[str]) -> pd.DataFrame:
+    return F.features_from_summaries([F.summarize(t) for t in texts], BASELINE)
+
+
 def row(text: str) -> dict[str, float]:
-    return dict(zip(F.FEATURE_COLUMNS, F.build_features([text], BASELINE).iloc[0], strict=True))
+    return dict(zip(F.FEATURE_COLUMNS, features([text]).iloc[0], strict=True))
 
 
 def test_hand_written_linalg_matmul() -> None:
@@ -220,11 +225,11 @@ def test_unknown_ops_and_dialects_are_counted_not_fatal() -> None:
 
 def test_feature_table_shape_determinism_and_finiteness() -> None:
     texts = [MATMUL, EXP_GENERIC, ONNX_IMPORTED, "module {}"]
-    table = F.build_features(texts, BASELINE)
+    table = features(texts)
     assert list(table.columns) == list(F.FEATURE_COLUMNS)
     assert len(set(F.FEATURE_COLUMNS)) == len(F.FEATURE_COLUMNS)
     assert np.isfinite(table.to_numpy()).all()
-    np.testing.assert_array_equal(table.to_numpy(), F.build_features(texts, BASELINE).to_numpy())
+    np.testing.assert_array_equal(table.to_numpy(), features(texts).to_numpy())
     ngrams = table[[c for c in table.columns if c.startswith("ngram_")]].to_numpy()
     assert np.allclose(ngrams[:3].sum(axis=1), 1.0)
     # LightGBM refuses JSON punctuation in feature names.

@@ -63,8 +63,15 @@ class BaselineFit(BaseEstimator):
     the figures (over 1 MB of data, reductions and pooling move a median 6-8 GB/s here, elementwise
     chains 54 GB/s)."""
 
-    def __init__(self, initial: tuple[float, float, float, float] = (1e-3, 2e-2, 1e7, 1e6)) -> None:
+    def __init__(
+        self,
+        initial: tuple[float, float, float, float] = (1e-3, 2e-2, 1e7, 1e6),
+        lower: tuple[float, float, float, float] = (1e-9, 1e-9, 1.0, 1.0),
+        upper: tuple[float, float, float, float] = (1e4, 1e4, 1e15, 1e15),
+    ) -> None:
         self.initial = initial
+        self.lower = lower
+        self.upper = upper
 
     def fit(self, X: pd.DataFrame, y: np.ndarray) -> BaselineFit:
         """``X``: a table of :data:`service.features.mlir.SUMMARY_COLUMNS`; ``y``: runtimes in ms."""
@@ -79,7 +86,14 @@ class BaselineFit(BaseEstimator):
         def residual(theta: np.ndarray) -> np.ndarray:
             return mlir_features.RuntimeBaseline(*np.exp(theta)).log_ms(rows) - log_y
 
-        solution = least_squares(residual, x0=np.log(self.initial), loss="soft_l1")
+        # Bounded: a term the data do not need (no byte-bound programs, say) would otherwise drift towards
+        # an infinite rate, which the card cannot hold and the service would refuse.
+        solution = least_squares(
+            residual,
+            x0=np.log(self.initial),
+            bounds=(np.log(self.lower), np.log(self.upper)),
+            loss="soft_l1",
+        )
         self.baseline_ = mlir_features.RuntimeBaseline(*(float(v) for v in np.exp(solution.x)))
         self.log_residual_median_ = float(np.median(np.abs(solution.fun)))
         return self

@@ -65,6 +65,11 @@ def test_baseline_fit_recovers_the_figures_behind_the_runtimes(
         assert getattr(fitted, name) == pytest.approx(value, rel=0.15), name
     with pytest.raises(ValueError, match="at least 30 needed"):
         BaselineFit().fit(table.head(20), np.ones(20))
+    # Runtimes that owe nothing to bytes: the byte rate stops at its bound, and the card still loads.
+    no_bytes = F.RuntimeBaseline(floor_ms=1e-3, call_ms=0.05, flops_per_ms=3e7, bytes_per_ms=1e300)
+    fitted = BaselineFit().fit(table, np.exp(no_bytes.log_ms(table))).baseline_
+    assert fitted.bytes_per_ms <= 1e15 and fitted.flops_per_ms == pytest.approx(3e7, rel=0.15)
+    assert F.RuntimeBaseline.from_card(json.loads(json.dumps({"runtime_baseline": fitted.to_card()})))
 
 
 def test_a_card_without_a_usable_baseline_is_refused_and_the_previous_version_serves(

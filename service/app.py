@@ -30,6 +30,7 @@ from starlette.responses import Response
 from service import __version__
 from service.batching import MicroBatcher
 from service.devices import DeviceCatalog
+from service.domains import mlir as mlir_domain
 from service.features import cpu as cpu_features
 from service.features import gemm as gemm_features
 from service.features import mlir as mlir_features
@@ -49,9 +50,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 FEATURES = {
     "gemm": FeatureSpec(gemm_features.FEATURE_VERSION, gemm_features.FEATURE_COLUMNS),
     "cpu": FeatureSpec(cpu_features.FEATURE_VERSION, cpu_features.FEATURE_COLUMNS),
-    "mlir": FeatureSpec(
-        mlir_features.FEATURE_VERSION, mlir_features.FEATURE_COLUMNS, mlir_features.RuntimeBaseline.from_card
-    ),
+    "mlir": FeatureSpec(mlir_features.FEATURE_VERSION, mlir_features.FEATURE_COLUMNS, mlir_domain.check_card),
 }
 
 

@@ -99,7 +99,7 @@ def mlir_model_dir(
     publish_mlir(
         mlir_split[0],
         Settings(model_dir=root),
-        environment={"cpu_model": "test CPU"},
+        environment={"cpu_model": "test CPU", "cpu_flags": ["sse2", "avx", "avx512f"]},
         n_splits=3,
         candidates=("lightgbm",),
     )

@@ -43,6 +43,9 @@ TARGET_OFFSETS: dict[str, float] = {
     "utilization": 0.0,
 }
 PROTOCOLS = ("random", "group-family")
+# Vector registers an x86 CPU has, by the widest extension its flags name (AVX-512: zmm0-31; AVX and SSE:
+# 16 architectural ones). Predictions and intervals never exceed the count of the CPU the data came from.
+VECTOR_REGISTERS = (("avx512f", 32), ("avx", 16), ("sse2", 16))
 COVERAGE = 0.9
 MIN_ROWS = 30
 # Summary values whose training range is recorded for out-of-distribution flags.
@@ -134,6 +137,17 @@ def fit_mlir(
     return models, baseline
 
 
+def ceilings(environment: dict[str, Any]) -> dict[str, float]:
+    """Upper limits of targets on the measured CPU: utilization (CPU time / (wall time x threads)) is at
+    most 1; vector registers at most what the CPU's flags say it has (no limit for an unknown ISA)."""
+    limits = {"utilization": 1.0}
+    flags = set(environment.get("cpu_flags") or ())
+    registers = next((count for flag, count in VECTOR_REGISTERS if flag in flags), None)
+    if registers is not None:
+        limits["vector_registers"] = float(registers)
+    return limits
+
+
 def profile(frame: pd.DataFrame, summaries: list[mlir_features.Summary]) -> dict[str, Any]:
     """What the training programs covered: op names, dialects, dtypes, families and value ranges."""
     ops: set[str] = set()
@@ -171,8 +185,11 @@ def publish_mlir(
     table = mlir_features.summary_table(summaries)
     models, baseline = fit_mlir(frame, table, n_splits=n_splits, candidates=candidates)
     device = environment.get("cpu_model") or "local CPU"
-    for _, extra in models.values():
+    limits = ceilings(environment)
+    for target, (_, extra) in models.items():
         extra["devices"] = [device]
+        if target in limits:
+            extra["ceiling"] = limits[target]
     card = {
         "domain": "mlir",
         "feature_version": mlir_features.FEATURE_VERSION,
@@ -203,13 +220,15 @@ def _predict_frame(
     test: pd.DataFrame,
     features: pd.DataFrame,
     regime: str,
+    limits: dict[str, float],
 ) -> pd.DataFrame:
+    """Predictions and intervals as the service answers them: offset removed, within [0, ceiling]."""
     parts = []
     for target, (model, extra) in models.items():
         mask, _ = log_target(test, target)
         if not mask.any():
             continue
-        offset = extra["offset"]
+        offset, ceiling = extra["offset"], limits.get(target, np.inf)
         center = model.predict(features.loc[mask])
         grid = model.calibration_[regime] if regime in model.calibration_ else model.calibration_["seen"]
         width = halfwidth(grid, COVERAGE)
@@ -221,9 +240,9 @@ def _predict_frame(
                     "model": model.best_name_,
                     "family": rows["family"].to_numpy(),
                     "true": rows[target].to_numpy(dtype=float),
-                    "pred": np.maximum(np.exp(center) - offset, 0.0),
-                    "low": np.maximum(np.exp(center - width) - offset, 0.0),
-                    "high": np.exp(center + width) - offset,
+                    "pred": np.clip(np.exp(center) - offset, 0.0, ceiling),
+                    "low": np.clip(np.exp(center - width) - offset, 0.0, ceiling),
+                    "high": np.clip(np.exp(center + width) - offset, 0.0, ceiling),
                 }
             )
         )
@@ -277,6 +296,7 @@ def evaluate_mlir_dataset(
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     data = load_mlir(directory)
     frame = measured(data)
+    limits = ceilings(data.environment)
     table = mlir_features.summary_table([mlir_features.summarize(t) for t in frame["mlir"]])
     if protocol == "random":
         train_idx, test_idx = train_test_split(np.arange(len(frame)), test_size=0.2, random_state=0)
@@ -288,7 +308,7 @@ def evaluate_mlir_dataset(
             grouped=False,
         )
         test_features = mlir_features.with_baseline(table.iloc[test_idx].reset_index(drop=True), baseline)
-        predictions = _predict_frame(models, test.reset_index(drop=True), test_features, "seen")
+        predictions = _predict_frame(models, test.reset_index(drop=True), test_features, "seen", limits)
         n_train = len(train)
     elif protocol == "group-family":
         families = sorted(frame["family"].unique())
@@ -307,7 +327,7 @@ def evaluate_mlir_dataset(
             )
             held_rows = frame.loc[held].reset_index(drop=True)
             held_features = mlir_features.with_baseline(table.loc[held].reset_index(drop=True), baseline)
-            parts.append(_predict_frame(models, held_rows, held_features, "unseen"))
+            parts.append(_predict_frame(models, held_rows, held_features, "unseen", limits))
         predictions = pd.concat(parts, ignore_index=True)
         n_train = int(len(frame) * (len(families) - 1) / len(families))
     else:

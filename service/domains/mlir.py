@@ -1,10 +1,11 @@
 """MLIR predictions: program texts → checks → features → model targets → response rows.
 
 Every target is predicted from the text alone. Count targets were learned as ``log(value + offset)``
-(the card records the offset) and are mapped back here, never below 0. A program is flagged out of
-distribution when it uses op names, dialects or dtypes training never saw, or lies outside the training
-range of size; such programs get the wider "unseen" conformal interval (calibrated on held-out
-program families).
+(the card records the offset) and are mapped back here, never below 0 nor above the target's ceiling
+where the card records one (the measured CPU's vector register count; a utilization of 1). A program is
+flagged out of distribution when it uses op names, dialects or dtypes training never saw, or lies outside
+the training range of size; such programs get the wider "unseen" conformal interval (calibrated on
+held-out program families).
 """
 
 from __future__ import annotations
@@ -54,6 +55,20 @@ def check_instances(instances: list[MlirInstance], max_bytes: int) -> None:
             features.check_mlir(inst.mlir)
         except features.MlirTextError as exc:
             raise ProgramError(i, 422, f"not MLIR: {exc}") from exc
+
+
+def check_card(card: dict[str, Any]) -> None:
+    """What the MLIR domain reads from a card beyond the columns: its runtime baseline and each target's
+    ceiling; :class:`ValueError` naming the field when one is unusable (the registry refuses the version)."""
+    features.RuntimeBaseline.from_card(card)
+    for target, spec in card.get("targets", {}).items():
+        ceiling = spec.get("ceiling")
+        if ceiling is None:
+            continue
+        if isinstance(ceiling, bool) or not isinstance(ceiling, int | float) or not math.isfinite(ceiling):
+            raise ValueError(f"targets.{target}.ceiling must be a finite number, got {ceiling!r}")
+        if ceiling <= 0:
+            raise ValueError(f"targets.{target}.ceiling must be positive, got {ceiling!r}")
 
 
 def _ood(summary: features.Summary, profile: dict[str, Any]) -> list[str]:
@@ -115,13 +130,14 @@ def predict(instances: list[MlirInstance], coverage: float, model: TabularModel)
                 row["unavailable"][target] = f"model {model.name} {model.version} has no {target} model"
                 continue
             offset = float(specs.get(target, {}).get("offset", 0.0))
+            ceiling = float(specs.get(target, {}).get("ceiling", math.inf))
             pred, _ = results[target]
             values = (pred.value[i] - offset, pred.low[i] - offset, pred.high[i] - offset)
             if not all(np.isfinite(values)):
                 row[target] = None
                 row["unavailable"][target] = "the prediction is not a finite number for this program"
                 continue
-            value, low, high = (max(float(x), 0.0) for x in values)
+            value, low, high = (min(max(float(x), 0.0), ceiling) for x in values)
             row[target] = {"value": value, "low": low, "high": high}
         row["out_of_distribution"] = bool(ood[i])
         row["ood_reasons"] = ood[i]

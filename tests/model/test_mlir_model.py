@@ -19,7 +19,7 @@ from service.app import create_app
 from service.features import mlir as F
 from service.model import TabularModel
 from service.settings import Settings
-from training.mlir import TARGET_OFFSETS, BaselineFit
+from training.mlir import TARGET_OFFSETS, BaselineFit, ceilings
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,8 @@ def test_card_records_domain_features_and_training_profile(model_dir: Path) -> N
     assert len(profile["families"]) == 15
     for target, spec in model.card["targets"].items():
         assert spec["offset"] == TARGET_OFFSETS[target] and set(spec["calibration"]) == {"seen", "unseen"}
+    assert model.card["targets"]["vector_registers"]["ceiling"] == 32
+    assert model.card["targets"]["utilization"]["ceiling"] == 1
     baseline = F.RuntimeBaseline.from_card(model.card)
     # The 210 sampled programs may hold none the compiler folds away, which is what tells the floor from
     # the cost of a call; their sum is the fastest dispatch, tens of microseconds here.
@@ -72,8 +74,32 @@ def test_baseline_fit_recovers_the_figures_behind_the_runtimes(
     assert F.RuntimeBaseline.from_card(json.loads(json.dumps({"runtime_baseline": fitted.to_card()})))
 
 
-def test_a_card_without_a_usable_baseline_is_refused_and_the_previous_version_serves(
-    model_dir: Path, tmp_path: Path
+def test_ceilings_follow_the_cpu_flags() -> None:
+    assert ceilings({"cpu_flags": ["sse2", "avx", "avx2", "avx512f"]}) == {
+        "utilization": 1.0,
+        "vector_registers": 32.0,
+    }
+    assert ceilings({"cpu_flags": ["sse2", "avx", "avx2"]})["vector_registers"] == 16
+    assert ceilings({}) == {"utilization": 1.0}
+
+
+def _break_baseline(card: dict) -> None:
+    card[F.RuntimeBaseline.CARD_KEY]["bytes_per_ms"] = 0
+
+
+def _break_ceiling(card: dict) -> None:
+    card["targets"]["vector_registers"]["ceiling"] = "32"
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (_break_baseline, "runtime_baseline.bytes_per_ms must be positive"),
+        (_break_ceiling, "targets.vector_registers.ceiling must be a finite number, got '32'"),
+    ],
+)
+def test_a_card_with_unusable_figures_is_refused_and_the_previous_version_serves(
+    model_dir: Path, tmp_path: Path, damage, reason: str
 ) -> None:
     (good,) = (model_dir / "mlir").iterdir()
     root = tmp_path / "models"
@@ -81,14 +107,14 @@ def test_a_card_without_a_usable_baseline_is_refused_and_the_previous_version_se
     bad = root / "mlir" / (good.name + "z")
     shutil.copytree(good, bad)
     card = json.loads((bad / "card.json").read_text())
-    card[F.RuntimeBaseline.CARD_KEY]["bytes_per_ms"] = 0
+    damage(card)
     (bad / "card.json").write_text(json.dumps(card))
     with TestClient(create_app(Settings(model_dir=root))) as c:
         status = c.get("/v1/models").json()
         assert [m["version"] for m in status["models"] if m["name"] == "mlir"] == [good.name]
         (refusal,) = status["refused"]
         assert refusal["version"] == bad.name
-        assert "runtime_baseline.bytes_per_ms must be positive" in refusal["reason"]
+        assert reason in refusal["reason"]
 
 
 def test_predictions_through_the_api(client: TestClient, split: tuple[pd.DataFrame, pd.DataFrame]) -> None:
@@ -105,6 +131,8 @@ def test_predictions_through_the_api(client: TestClient, split: tuple[pd.DataFra
         for target in TARGET_OFFSETS:
             interval = row[target]
             assert 0 <= interval["low"] <= interval["value"] <= interval["high"], target
+        # Never more registers than the CPU has, nor more than all of its threads busy.
+        assert row["vector_registers"]["high"] <= 32 and row["utilization"]["high"] <= 1
         assert row["summary"]["ops"]["func.func"] == 1 and row["summary"]["estimated_bytes"] > 0
     predicted = np.array([row["runtime_ms"]["value"] for row in rows])
     # Trained on 300 programs only: a coarse check that the model ranks programs by cost.

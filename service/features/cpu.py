@@ -204,7 +204,9 @@ def _numeric(rows: pd.DataFrame, col: str) -> np.ndarray:
 
 
 def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # A zero, subnormal (the schemas allow cache sizes down to 0) or missing divisor gives inf or nan,
+    # mapped to missing below; numpy's warnings about it would only be noise.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         out = a / b
     return np.where(np.isfinite(out), out, np.nan)
 

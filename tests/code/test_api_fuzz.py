@@ -16,6 +16,7 @@ from schemathesis.core.result import Ok
 
 from service.app import create_app
 from service.settings import Settings
+from tests.conftest import CPU_SUITE
 
 TOKEN = "fuzz-token"
 # 25 examples per operation and generation mode: about a minute in all on a 2-core machine.
@@ -37,7 +38,13 @@ def api_schema(
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
-def check(case: schemathesis.Case, seen: Counter[tuple[str, int]]) -> None:
+def check(case: schemathesis.Case, seen: Counter[tuple[str, int]], mode: GenerationMode) -> None:
+    cpu = case.operation.path == "/v1/cpu/predict"
+    if mode is GenerationMode.POSITIVE and cpu and isinstance(case.body, dict):
+        # The schema lists every SPEC suite; the test model serves one, and a valid request for another is
+        # rightly a 422. Run on its own, this test drew FP_rate for all 25 requests (in the full suite it
+        # drew Int_rate too), so the served suite is set here.
+        case.body["suite"] = CPU_SUITE
     response = case.call()
     seen[(case.operation.path, response.status_code)] += 1
     assert response.status_code < 500, (case.as_curl_command(), response.text[:500])
@@ -67,7 +74,7 @@ def test_no_server_error_and_every_client_error_names_field_and_reason(
         @FUZZ
         @given(case=operation.as_strategy(generation_mode=mode))
         def run(case: schemathesis.Case) -> None:
-            check(case, seen)
+            check(case, seen, mode)
 
         run()
     predicted = {path for path, status in seen if status == 200 and path.endswith("/predict")}

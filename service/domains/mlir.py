@@ -62,13 +62,8 @@ def check_card(card: dict[str, Any]) -> None:
     ceiling; :class:`ValueError` naming the field when one is unusable (the registry refuses the version)."""
     features.RuntimeBaseline.from_card(card)
     for target, spec in card.get("targets", {}).items():
-        ceiling = spec.get("ceiling")
-        if ceiling is None:
-            continue
-        if isinstance(ceiling, bool) or not isinstance(ceiling, int | float) or not math.isfinite(ceiling):
-            raise ValueError(f"targets.{target}.ceiling must be a finite number, got {ceiling!r}")
-        if ceiling <= 0:
-            raise ValueError(f"targets.{target}.ceiling must be positive, got {ceiling!r}")
+        if "ceiling" in spec:
+            features.positive_figure(spec["ceiling"], f"targets.{target}.ceiling")
 
 
 def _ood(summary: features.Summary, profile: dict[str, Any]) -> list[str]:

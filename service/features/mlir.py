@@ -750,15 +750,18 @@ class RuntimeBaseline:
         entry = card.get(cls.CARD_KEY)
         if not isinstance(entry, dict):
             raise ValueError(f"the card has no {cls.CARD_KEY!r} object (MLIR models record their baseline)")
-        values = {}
-        for name in (f.name for f in fields(cls)):
-            value = entry.get(name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ValueError(f"{cls.CARD_KEY}.{name} must be a finite number, got {value!r}")
-            if value <= 0:
-                raise ValueError(f"{cls.CARD_KEY}.{name} must be positive, got {value!r}")
-            values[name] = float(value)
-        return cls(**values)
+        names = [f.name for f in fields(cls)]
+        return cls(**{name: positive_figure(entry.get(name), f"{cls.CARD_KEY}.{name}") for name in names})
+
+
+def positive_figure(value: object, name: str) -> float:
+    """``value`` as a float when it is a positive finite number; :class:`ValueError` naming ``name``
+    otherwise (for figures a model card carries)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return float(value)
 
 
 def summary_table(summaries: Sequence[Summary]) -> pd.DataFrame:

@@ -25,6 +25,7 @@ from sklearn.base import BaseEstimator
 from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 
+from service.domains.mlir import target_scale
 from service.features import mlir as mlir_features
 from service.model import halfwidth
 from service.settings import Settings
@@ -240,9 +241,9 @@ def _predict_frame(
                     "model": model.best_name_,
                     "family": rows["family"].to_numpy(),
                     "true": rows[target].to_numpy(dtype=float),
-                    "pred": np.clip(np.exp(center) - offset, 0.0, ceiling),
-                    "low": np.clip(np.exp(center - width) - offset, 0.0, ceiling),
-                    "high": np.clip(np.exp(center + width) - offset, 0.0, ceiling),
+                    "pred": target_scale(np.exp(center), offset, ceiling),
+                    "low": target_scale(np.exp(center - width), offset, ceiling),
+                    "high": target_scale(np.exp(center + width), offset, ceiling),
                 }
             )
         )

@@ -57,6 +57,12 @@ def check_instances(instances: list[MlirInstance], max_bytes: int) -> None:
             raise ProgramError(i, 422, f"not MLIR: {exc}") from exc
 
 
+def target_scale(values: np.ndarray, offset: float, ceiling: float = math.inf) -> np.ndarray:
+    """Model outputs (``exp`` of the log prediction) on the target's scale: the offset removed, within
+    [0, ceiling]. Training's evaluation maps its predictions with this too, so it scores what is served."""
+    return np.clip(values - offset, 0.0, ceiling)
+
+
 def check_card(card: dict[str, Any]) -> None:
     """What the MLIR domain reads from a card beyond the columns: its runtime baseline and each target's
     ceiling; :class:`ValueError` naming the field when one is unusable (the registry refuses the version)."""
@@ -116,23 +122,29 @@ def predict(instances: list[MlirInstance], coverage: float, model: TabularModel)
     devices = [OOD_DEVICE if reasons else device for reasons in ood]
     results = model.predict(table, coverage, devices)
     specs = model.card.get("targets", {})
+    # Per target: whether each row's three figures are finite, and the figures on the target's scale.
+    scaled: dict[str, tuple[np.ndarray, list[tuple[float, float, float]]]] = {}
+    for target, (pred, _) in results.items():
+        spec = specs.get(target, {})
+        offset, ceiling = float(spec.get("offset", 0.0)), float(spec.get("ceiling", math.inf))
+        raw = (pred.value, pred.low, pred.high)
+        finite = np.isfinite(raw[0]) & np.isfinite(raw[1]) & np.isfinite(raw[2])
+        columns = [target_scale(a, offset, ceiling).tolist() for a in raw]
+        scaled[target] = (finite, list(zip(*columns, strict=True)))
     rows = []
     for i, summary in enumerate(summaries):
         row: dict[str, Any] = {"unavailable": {}}
         for target in TARGETS:
-            if target not in results:
+            if target not in scaled:
                 row[target] = None
                 row["unavailable"][target] = f"model {model.name} {model.version} has no {target} model"
                 continue
-            offset = float(specs.get(target, {}).get("offset", 0.0))
-            ceiling = float(specs.get(target, {}).get("ceiling", math.inf))
-            pred, _ = results[target]
-            values = (pred.value[i] - offset, pred.low[i] - offset, pred.high[i] - offset)
-            if not all(np.isfinite(values)):
+            finite, figures = scaled[target]
+            if not finite[i]:
                 row[target] = None
                 row["unavailable"][target] = "the prediction is not a finite number for this program"
                 continue
-            value, low, high = (min(max(float(x), 0.0), ceiling) for x in values)
+            value, low, high = figures[i]
             row[target] = {"value": value, "low": low, "high": high}
         row["out_of_distribution"] = bool(ood[i])
         row["ood_reasons"] = ood[i]

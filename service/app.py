@@ -48,7 +48,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 FEATURES = {
-    "gemm": FeatureSpec(gemm_features.FEATURE_VERSION, gemm_features.FEATURE_COLUMNS),
+    "gemm": FeatureSpec(
+        gemm_features.FEATURE_VERSION, gemm_features.FEATURE_COLUMNS, at_split=gemm_features.with_k
+    ),
     "cpu": FeatureSpec(cpu_features.FEATURE_VERSION, cpu_features.FEATURE_COLUMNS),
     "mlir": FeatureSpec(mlir_features.FEATURE_VERSION, mlir_features.FEATURE_COLUMNS, mlir_domain.check_card),
 }

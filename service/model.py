@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,12 +129,19 @@ class TargetModel:
     devices: list[str]
     # Index of the feature column holding a log-scale baseline the predictor's output is relative to.
     baseline: int | None = None
+    # A model for the rows whose feature ``split_column`` is below ``split_value`` (a card's "below"): it
+    # predicts them, those from ``capped_from`` on never above this model's prediction at the split, which
+    # ``at_split`` (the domain's feature module) computes. Unset: this model predicts every row.
+    below: TargetModel | None = None
+    split_column: int | None = None
+    split_value: float = 0.0
+    capped_from: float = -np.inf
+    at_split: Callable[[np.ndarray, float], np.ndarray] | None = None
     # Half-widths (inside, outside the training distribution) per requested coverage: requests mostly
     # repeat one coverage, and interpolating the grids costs more than the rest of a one-row interval.
     _widths: dict[float, tuple[float, float]] = field(default_factory=dict, repr=False, compare=False)
 
-    def predict_log(self, matrix: np.ndarray) -> np.ndarray:
-        """Log-scale prediction from the feature matrix (columns in the card's order, checked at load)."""
+    def _own_log(self, matrix: np.ndarray) -> np.ndarray:
         if isinstance(self.predictor, OnnxTrees):
             raw = self.predictor.predict(matrix)
         else:
@@ -142,11 +149,38 @@ class TargetModel:
         out = np.asarray(raw, dtype=float).reshape(len(matrix))
         return out + matrix[:, self.baseline] if self.baseline is not None else out
 
+    def _below_rows(self, matrix: np.ndarray) -> np.ndarray:
+        if self.below is None or self.split_column is None:
+            return np.zeros(len(matrix), dtype=bool)
+        return matrix[:, self.split_column] < self.split_value
+
+    def predict_log(self, matrix: np.ndarray) -> np.ndarray:
+        """Log-scale prediction from the feature matrix (columns in the card's order, checked at load)."""
+        below = self._below_rows(matrix)
+        if self.below is None or self.at_split is None or not below.any():
+            return self._own_log(matrix)
+        out = np.empty(len(matrix))
+        if not below.all():
+            out[~below] = self._own_log(matrix[~below])
+        part = matrix[below]
+        capped = part[:, self.split_column] >= self.capped_from
+        cap = np.full(len(part), np.inf)
+        if capped.any():
+            cap[capped] = self._own_log(self.at_split(part[capped], self.split_value))
+        out[below] = np.minimum(self.below._own_log(part), cap)
+        return out
+
     def predict(
-        self, matrix: np.ndarray, coverage: float, seen: np.ndarray, only_seen: bool = False
+        self,
+        matrix: np.ndarray,
+        coverage: float,
+        seen: np.ndarray,
+        only_seen: bool = False,
+        seen_below: np.ndarray | None = None,
     ) -> Prediction:
-        """Value and conformal interval; ``seen`` marks rows whose device this target was trained on.
-        With ``only_seen`` the other rows are not predicted at all (NaN)."""
+        """Value and conformal interval; ``seen`` marks rows whose device this target was trained on, and
+        ``seen_below`` those the model below the split was trained on (default: ``seen``). With
+        ``only_seen`` the other rows are not predicted at all (NaN)."""
         if only_seen and not seen.all():
             center = np.full(len(matrix), np.nan)
             if seen.any():
@@ -154,6 +188,10 @@ class TargetModel:
         else:
             center = self.predict_log(matrix)
         width = self.halfwidths(coverage, seen)
+        below = self._below_rows(matrix)
+        if below.any() and self.below is not None:
+            seen_part = (seen if seen_below is None else seen_below)[below]
+            width[below] = self.below.halfwidths(coverage, seen_part)
         return Prediction(np.exp(center), np.exp(center - width), np.exp(center + width))
 
     def halfwidths(self, coverage: float, seen: np.ndarray) -> np.ndarray:
@@ -179,10 +217,18 @@ class TargetModel:
 class TabularModel:
     """One published version of one model (MLServer-style: construct, ``load()``, then ``predict()``)."""
 
-    def __init__(self, path: Path, feature_version: str, feature_columns: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        feature_version: str,
+        feature_columns: tuple[str, ...],
+        at_split: Callable[[np.ndarray, float], np.ndarray] | None = None,
+    ) -> None:
         self.path = path
         self.feature_version = feature_version
         self.feature_columns = feature_columns
+        # The feature module's map of feature rows to a split column's value, for split targets.
+        self.at_split = at_split
         self.card: dict[str, Any] = {}
         self.targets: dict[str, TargetModel] = {}
         # Data a domain derives from the card once per loaded version (e.g. parsed device specs).
@@ -216,6 +262,44 @@ class TabularModel:
             )
         return path
 
+    def _target(self, name: str, spec: dict[str, Any], paths: dict[str, Path]) -> TargetModel:
+        """One target's predictor from its card entry, its files already verified."""
+        if spec["estimator"] == "lightgbm":
+            if "onnx" not in spec:
+                raise ModelLoadError(
+                    f"{self.path}: {name} has no ONNX export, which this service runs; retrain the model"
+                )
+            filename = spec["onnx"]
+        elif spec["estimator"] == "random_forest":
+            filename = spec["file"]
+        else:
+            raise ModelLoadError(f"{self.path}: unknown estimator {spec['estimator']!r} for {name}")
+        if filename not in paths:
+            raise ModelLoadError(f"{self.path}: {filename} is not listed with a sha256 in {CARD}")
+        path = paths[filename]
+        try:
+            predictor: Any = OnnxTrees(path) if spec["estimator"] == "lightgbm" else joblib.load(path)
+        except (*ONNX_LOAD_ERRORS, OSError, EOFError, ValueError) as exc:
+            raise ModelLoadError(f"{self.path}: {filename} cannot be loaded: {exc}") from exc
+        names = (
+            predictor.feature_names
+            if isinstance(predictor, OnnxTrees)
+            else list(getattr(predictor, "feature_names_in_", []))
+        )
+        if list(names) != list(self.feature_columns):
+            raise ModelLoadError(f"{self.path}: {filename} was fit on other feature columns; retrain")
+        baseline = spec.get("baseline")
+        if baseline is not None and baseline not in self.feature_columns:
+            raise ModelLoadError(f"{self.path}: {name}'s baseline {baseline!r} is not a feature column")
+        return TargetModel(
+            name=name,
+            estimator=spec["estimator"],
+            predictor=predictor,
+            calibration=spec["calibration"],
+            devices=list(spec.get("devices", [])),
+            baseline=self.feature_columns.index(baseline) if baseline is not None else None,
+        )
+
     def load(self) -> TabularModel:
         card_path = self.path / CARD
         try:
@@ -235,41 +319,22 @@ class TabularModel:
         paths = self._verified_files()
         targets = {}
         for name, spec in self.card.get("targets", {}).items():
-            if spec["estimator"] == "lightgbm":
-                if "onnx" not in spec:
+            target = self._target(name, spec, paths)
+            if "below" in spec:
+                below = spec["below"]
+                if self.at_split is None:
+                    raise ModelLoadError(f"{self.path}: {name} is split, which this domain cannot serve")
+                if below.get("column") not in self.feature_columns:
                     raise ModelLoadError(
-                        f"{self.path}: {name} has no ONNX export, which this service runs; retrain the model"
+                        f"{self.path}: {name} is split on {below.get('column')!r}, not a feature column"
                     )
-                filename = spec["onnx"]
-            elif spec["estimator"] == "random_forest":
-                filename = spec["file"]
-            else:
-                raise ModelLoadError(f"{self.path}: unknown estimator {spec['estimator']!r} for {name}")
-            if filename not in paths:
-                raise ModelLoadError(f"{self.path}: {filename} is not listed with a sha256 in {CARD}")
-            path = paths[filename]
-            try:
-                predictor: Any = OnnxTrees(path) if spec["estimator"] == "lightgbm" else joblib.load(path)
-            except (*ONNX_LOAD_ERRORS, OSError, EOFError, ValueError) as exc:
-                raise ModelLoadError(f"{self.path}: {filename} cannot be loaded: {exc}") from exc
-            names = (
-                predictor.feature_names
-                if isinstance(predictor, OnnxTrees)
-                else list(getattr(predictor, "feature_names_in_", []))
-            )
-            if list(names) != list(self.feature_columns):
-                raise ModelLoadError(f"{self.path}: {filename} was fit on other feature columns; retrain")
-            baseline = spec.get("baseline")
-            if baseline is not None and baseline not in self.feature_columns:
-                raise ModelLoadError(f"{self.path}: {name}'s baseline {baseline!r} is not a feature column")
-            targets[name] = TargetModel(
-                name=name,
-                estimator=spec["estimator"],
-                predictor=predictor,
-                calibration=spec["calibration"],
-                devices=list(spec.get("devices", [])),
-                baseline=self.feature_columns.index(baseline) if baseline is not None else None,
-            )
+                target.below = self._target(f"{name} below the split", below, paths)
+                target.split_column = self.feature_columns.index(below["column"])
+                target.split_value = float(below["value"])
+                if below.get("capped_from") is not None:
+                    target.capped_from = float(below["capped_from"])
+                target.at_split = self.at_split
+            targets[name] = target
         if not targets:
             raise ModelLoadError(f"{self.path}: the card lists no targets")
         self.targets = targets
@@ -296,7 +361,11 @@ class TabularModel:
         out = {}
         for name, target in self.targets.items():
             seen = member_of(devices, target.devices)
-            out[name] = (target.predict(matrix, coverage, seen, only_seen=name in only_seen), seen)
+            seen_below = member_of(devices, target.below.devices) if target.below is not None else None
+            prediction = target.predict(
+                matrix, coverage, seen, only_seen=name in only_seen, seen_below=seen_below
+            )
+            out[name] = (prediction, seen)
         return out
 
 

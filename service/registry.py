@@ -18,6 +18,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+
 from service.model import CARD, ModelLoadError, TabularModel, list_versions
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,9 @@ class FeatureSpec:
     # What a domain needs from the card beyond the columns (e.g. fitted figures its features use):
     # raises ValueError saying what is wrong, so the version is refused at load, not at the first request.
     check_card: Callable[[dict[str, Any]], object] | None = None
+    # Feature rows with one column set to a value, recomputing what depends on it (GEMM: k), for models
+    # whose targets are split on that column.
+    at_split: Callable[[np.ndarray, float], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ class ModelRegistry:
                 refused.append(Refusal(name, version_dir.name, f"card names unknown domain {domain!r}"))
                 continue
             try:
-                model = TabularModel(version_dir, spec.version, spec.columns).load()
+                model = TabularModel(version_dir, spec.version, spec.columns, spec.at_split).load()
                 if spec.check_card is not None:
                     try:
                         spec.check_card(model.card)

@@ -20,7 +20,6 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
 
 from service.features import gemm as gemm_features
-from service.model import halfwidth
 from service.settings import Settings
 from training.data.gemm import load_gemm
 from training.data.registry import REGISTRY, DatasetError
@@ -95,7 +94,7 @@ def _held_out(
             continue
         X = features.loc[mask]
         center = model.predict(X)
-        width = halfwidth(model.calibration_[regime], COVERAGE)
+        width = model.halfwidths(X, regime, COVERAGE)
         rows = test.loc[mask]
         parts.append(
             pd.DataFrame(

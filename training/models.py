@@ -21,6 +21,7 @@ import platform
 import re
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -47,6 +48,7 @@ from service.model import (
     calibration_grid,
     file_sha256,
     forest_predict,
+    halfwidth,
 )
 
 log = logging.getLogger(__name__)
@@ -276,6 +278,128 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         joblib.dump(self.estimator_, folder / f"{stem}.rf.joblib", compress=3)
         return {"file": f"{stem}.rf.joblib"}
 
+    def card_entry(self, folder: Path, stem: str) -> dict[str, Any]:
+        """Write the model's files into ``folder`` and return its entry in the card."""
+        return {
+            **self.save(folder, stem),
+            "estimator": self.best_name_,
+            "baseline": self.baseline_,
+            "cv": self.cv_scores_,
+            "calibration": self.calibration_,
+        }
+
+    def halfwidths(self, X: pd.DataFrame, regime: str, coverage: float) -> np.ndarray:
+        """Log-scale interval half-width per row of ``X`` for the calibration ``regime``."""
+        return np.full(len(X), halfwidth(self.calibration_[regime], coverage))
+
+
+class SplitRegressor(RegressorMixin, BaseEstimator):
+    """Two :class:`CostRegressor` fits, one on the rows whose ``column`` is below ``value`` and one on the
+    others; each predicts its own rows, and a row below the split (from ``column = capped_from`` on, if
+    given) is never predicted above the upper model's prediction for it at ``column = value`` (``at_split``
+    maps feature rows there). With each part monotone in the ``increasing`` columns, so is the whole (from
+    ``capped_from`` on).
+
+    Why: a monotone constraint binds a tree everywhere at once, so a regime whose cost barely moves with
+    the column (GEMMs with a small k: the call and the write of C) held the whole fit back. The split is
+    made only where each part has ``min_rows`` rows and, when the whole spans three groups or more, three
+    groups too, so that both can be calibrated for unseen groups; otherwise one CostRegressor fits every
+    row. Each part records the groups it saw (``groups_``): a row below the split on a group the lower
+    part never saw is calibrated as unseen.
+    """
+
+    def __init__(
+        self,
+        column: str,
+        value: float,
+        at_split: Callable[[np.ndarray, float], np.ndarray],
+        select_by: str = "seen",
+        increasing: tuple[str, ...] = (),
+        regimes: tuple[str, ...] = ("seen", "unseen"),
+        baseline: str | None = None,
+        min_rows: int = 30,
+        capped_from: float | None = None,
+    ) -> None:
+        self.column = column
+        self.value = value
+        self.at_split = at_split
+        self.capped_from = capped_from
+        self.select_by = select_by
+        self.increasing = increasing
+        self.regimes = regimes
+        self.baseline = baseline
+        self.min_rows = min_rows
+
+    def _part(self) -> CostRegressor:
+        return CostRegressor(
+            select_by=self.select_by, increasing=self.increasing, regimes=self.regimes, baseline=self.baseline
+        )
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None = None) -> SplitRegressor:
+        y = np.asarray(y, dtype=float)
+        below = X[self.column].to_numpy(dtype=float) < self.value
+        # Held-out-group calibration needs three groups: a part must have them wherever the whole does.
+        needed = min(3, len(np.unique(groups))) if groups is not None else 0
+
+        def enough(rows: np.ndarray) -> bool:
+            if rows.sum() < self.min_rows:
+                return False
+            return groups is None or len(np.unique(groups[rows])) >= needed
+
+        self.split_ = bool(enough(below) and enough(~below))
+        upper = ~below if self.split_ else np.ones(len(y), dtype=bool)
+        self.upper_ = self._part().fit(X.loc[upper], y[upper], None if groups is None else groups[upper])
+        self.lower_ = (
+            self._part().fit(X.loc[below], y[below], None if groups is None else groups[below])
+            if self.split_
+            else None
+        )
+        self.best_name_ = self.upper_.best_name_
+        self.groups_ = {
+            "upper": sorted(map(str, np.unique(groups[upper]))) if groups is not None else [],
+            "below": sorted(map(str, np.unique(groups[below]))) if groups is not None and self.split_ else [],
+        }
+        return self
+
+    def _below(self, X: pd.DataFrame) -> np.ndarray:
+        if self.lower_ is None:
+            return np.zeros(len(X), dtype=bool)
+        return X[self.column].to_numpy(dtype=float) < self.value
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        out = self.upper_.predict(X)
+        below = self._below(X)
+        if below.any() and self.lower_ is not None:
+            part = X.loc[below]
+            floor = -np.inf if self.capped_from is None else self.capped_from
+            capped = part[self.column].to_numpy(dtype=float) >= floor
+            cap = np.full(len(part), np.inf)
+            if capped.any():
+                raised = self.at_split(part.loc[capped].to_numpy(dtype=float), self.value)
+                cap[capped] = self.upper_.predict(pd.DataFrame(raised, columns=X.columns))
+            out[below] = np.minimum(self.lower_.predict(part), cap)
+        return out
+
+    def halfwidths(self, X: pd.DataFrame, regime: str, coverage: float) -> np.ndarray:
+        out = self.upper_.halfwidths(X, regime, coverage)
+        below = self._below(X)
+        if below.any() and self.lower_ is not None:
+            out[below] = self.lower_.halfwidths(X.loc[below], regime, coverage)
+        return out
+
+    def card_entry(self, folder: Path, stem: str) -> dict[str, Any]:
+        """The upper part's entry, plus the lower part's (with the split) under ``below``."""
+        entry = self.upper_.card_entry(folder, stem)
+        if self.lower_ is not None:
+            entry["below"] = {
+                "column": self.column,
+                "value": self.value,
+                "capped_from": self.capped_from,
+                "devices": self.groups_["below"],
+                **self.lower_.card_entry(folder, f"{stem}.below"),
+            }
+        return entry
+
 
 def lightgbm_onnx(booster: lgb.Booster) -> bytes:
     """The booster as an ONNX tree ensemble over a float32 feature matrix, its feature names recorded.
@@ -328,7 +452,10 @@ def new_version() -> str:
 
 
 def publish(
-    model_dir: Path, name: str, card: dict[str, Any], fitted: dict[str, tuple[CostRegressor, dict]]
+    model_dir: Path,
+    name: str,
+    card: dict[str, Any],
+    fitted: Mapping[str, tuple[CostRegressor | SplitRegressor, dict]],
 ) -> Path:
     """Write a complete version folder under a temporary name, then rename it into place.
 
@@ -343,14 +470,7 @@ def publish(
     try:
         targets: dict[str, Any] = {}
         for target, (model, extra) in fitted.items():
-            targets[target] = {
-                **model.save(staging, target),
-                "estimator": model.best_name_,
-                "baseline": model.baseline_,
-                "cv": model.cv_scores_,
-                "calibration": model.calibration_,
-                **extra,
-            }
+            targets[target] = {**model.card_entry(staging, target), **extra}
         files = {p.name: file_sha256(p) for p in sorted(staging.iterdir())}
         full_card = {
             "name": name,

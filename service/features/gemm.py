@@ -185,6 +185,55 @@ def flops(rows: Rows) -> np.ndarray:
     )
 
 
+def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarray) -> dict[str, np.ndarray]:
+    """The features that depend on k (:data:`INCREASING_IN_K` and ``outer_product``), from k, the element
+    size and the k-free columns (sizes, beta, the device's peak, bandwidth, L2 and kind)."""
+    b, m, n = columns["batch"], columns["m"], columns["n"]
+    is_cpu = columns["is_cpu"]
+    peak, bandwidth = columns["peak_gflops"], columns["dev_memory_bandwidth_gbps"]
+    beta = _filled(columns["beta"], 0.0)
+    total_flops = 2.0 * b * m * n * k
+    # A and B read once, C written once, and read as well when beta != 0.
+    total_bytes = elem * b * (m * k + k * n + m * n * (1.0 + (beta != 0)))
+    t_compute = total_flops / (peak * 1e9) * 1e3
+    t_memory = total_bytes / (bandwidth * 1e9) * 1e3
+    roofline = np.maximum(t_compute, t_memory)
+    overhead = np.where(is_cpu == 1, LAUNCH_OVERHEAD_MS["cpu"], LAUNCH_OVERHEAD_MS["gpu"])
+    calls = np.where(is_cpu == 1, b, 1.0)
+    return {
+        "k": k,
+        "log_k": np.log2(k),
+        "log_flops": np.log(total_flops),
+        "log_item_flops": np.log(total_flops / b),
+        "outer_product": (k == 1).astype(float),
+        "log_bytes": np.log(total_bytes),
+        "log_intensity": np.log(total_flops / total_bytes),
+        "log_t_compute_ms": np.log(t_compute),
+        "log_t_memory_ms": np.log(t_memory),
+        "log_roofline_ms": np.log(roofline),
+        "log_baseline_ms": np.log(roofline + overhead * calls),
+        "intensity_over_ridge": np.log((total_flops / total_bytes) / (peak / bandwidth)),
+        "footprint_over_l2": np.log(total_bytes / (columns["dev_l2_cache_mb"] * 1024 * 1024)),
+        "min_dim_log": np.log2(np.minimum(np.minimum(m, n), k)),
+    }
+
+
+_COLUMN_INDEX = {col: j for j, col in enumerate(FEATURE_COLUMNS)}
+# Element size per dtype code; an unknown dtype (NaN code) is priced at 4 bytes, as feature_matrix does.
+_CODE_BYTES = np.array([DTYPE_BYTES[d] for d in DTYPES] + [4], dtype=float)
+
+
+def with_k(matrix: np.ndarray, k: float) -> np.ndarray:
+    """The feature matrix of the same configurations with k set to ``k``: the k-dependent columns are
+    recomputed from the others, so the result equals :func:`feature_matrix` of the rows with that k."""
+    columns = {col: matrix[:, j] for col, j in _COLUMN_INDEX.items()}
+    codes = np.nan_to_num(columns["dtype_code"], nan=len(DTYPES)).astype(np.intp)
+    out = np.array(matrix, dtype=float, copy=True)
+    for col, values in _k_columns(columns, np.full(len(matrix), float(k)), _CODE_BYTES[codes]).items():
+        out[:, _COLUMN_INDEX[col]] = values
+    return out
+
+
 def build_features(rows: Rows, devices: Mapping[str, DeviceSpec]) -> pd.DataFrame:
     """Feature table for GEMM configurations (training and evaluation; the service uses the matrix)."""
     index = rows.index if isinstance(rows, pd.DataFrame) else None
@@ -228,17 +277,7 @@ def feature_matrix(rows: Rows, devices: Mapping[str, DeviceSpec]) -> np.ndarray:
     peaks = peaks.reshape(len(specs), len(DTYPES) + 1)
     dtype_index = np.nan_to_num(out["dtype_code"], nan=len(DTYPES)).astype(np.intp)
     peak = peaks[which, dtype_index] * effective_units / units
-    bandwidth = out["dev_memory_bandwidth_gbps"]
     elem = np.array([DTYPE_BYTES.get(d, 4) for d in dtypes], dtype=float)
-    beta = _filled(out["beta"], 0.0)
-
-    total_flops = 2.0 * b * m * n * k
-    # A and B read once, C written once, and read as well when beta != 0.
-    total_bytes = elem * b * (m * k + k * n + m * n * (1.0 + (beta != 0)))
-    t_compute = total_flops / (peak * 1e9) * 1e3
-    t_memory = total_bytes / (bandwidth * 1e9) * 1e3
-    roofline = np.maximum(t_compute, t_memory)
-    ridge = peak / bandwidth
 
     parsed = np.array([_kernel_tile(k) for k in kernels], dtype=float).reshape(n_rows, 2)
     kt_m, kt_n = parsed[:, 0], parsed[:, 1]
@@ -247,40 +286,21 @@ def feature_matrix(rows: Rows, devices: Mapping[str, DeviceSpec]) -> np.ndarray:
     tile_n = np.where(~np.isnan(out["tile_n"]), out["tile_n"], np.where(~np.isnan(kt_n), kt_n, default_tile))
     tiles = b * np.ceil(m / tile_m) * np.ceil(n / tile_n)
     waves = tiles / effective_units
-    wave_eff = tiles / (np.ceil(waves) * effective_units)
 
-    out["log_flops"] = np.log(total_flops)
-    out["log_item_flops"] = np.log(total_flops / b)
-    out["outer_product"] = (k == 1).astype(float)
-    out["log_bytes"] = np.log(total_bytes)
-    out["log_intensity"] = np.log(total_flops / total_bytes)
-    out["log_m"], out["log_n"], out["log_k"], out["log_batch"] = (
-        np.log2(m),
-        np.log2(n),
-        np.log2(k),
-        np.log2(b),
-    )
-    out["log_t_compute_ms"] = np.log(t_compute)
-    out["log_t_memory_ms"] = np.log(t_memory)
-    out["log_roofline_ms"] = np.log(roofline)
-    overhead = np.where(is_cpu == 1, LAUNCH_OVERHEAD_MS["cpu"], LAUNCH_OVERHEAD_MS["gpu"])
-    calls = np.where(is_cpu == 1, b, 1.0)
-    out["log_baseline_ms"] = np.log(roofline + overhead * calls)
-    out["intensity_over_ridge"] = np.log((total_flops / total_bytes) / ridge)
+    out["log_m"], out["log_n"], out["log_batch"] = np.log2(m), np.log2(n), np.log2(b)
     out["tiles"] = tiles
     out["waves"] = waves
-    out["wave_efficiency"] = wave_eff
-    out["footprint_over_l2"] = np.log(total_bytes / (out["dev_l2_cache_mb"] * 1024 * 1024))
+    out["wave_efficiency"] = tiles / (np.ceil(waves) * effective_units)
     out["m_align"], out["n_align"] = _align(m), _align(n)
-    out["min_dim_log"] = np.log2(np.minimum(np.minimum(m, n), k))
     out["effective_units"] = effective_units
     out["is_cpu"] = is_cpu
     out["peak_gflops"] = peak
     out["kernel_tile_m"] = kt_m
     out["kernel_tile_n"] = kt_n
+    out |= _k_columns(out, k, elem)
     tdp = np.array([s.tdp_w if s.tdp_w else np.nan for s in specs], dtype=float)[which]
     out["tdp_per_gflop"] = tdp / out["dev_fp32_gflops"]
-    out["bandwidth_per_gflop"] = bandwidth / out["dev_fp32_gflops"]
+    out["bandwidth_per_gflop"] = out["dev_memory_bandwidth_gbps"] / out["dev_fp32_gflops"]
     matrix = np.empty((n_rows, len(FEATURE_COLUMNS)))
     for j, col in enumerate(FEATURE_COLUMNS):
         matrix[:, j] = out[col]

@@ -337,6 +337,18 @@ def test_baseline_that_is_not_a_feature_column_is_refused(model_dir: Path) -> No
         assert r.status_code == 503 and "'log_roofline_seconds' is not a feature column" in reason
 
 
+def test_split_on_a_column_that_is_not_a_feature_is_refused(model_dir: Path) -> None:
+    card_path = _versions(model_dir)[-1] / "card.json"
+    card = json.loads(card_path.read_text())
+    assert card["targets"]["runtime_ms"]["below"]["column"] == "k"
+    card["targets"]["runtime_ms"]["below"]["column"] = "kk"
+    card_path.write_text(json.dumps(card))
+    with make_client(model_dir) as c:
+        r = c.get("/readyz")
+        reason = r.json()["refused"][0]["reason"]
+        assert r.status_code == 503 and "split on 'kk', not a feature column" in reason
+
+
 def test_reload_needs_the_token_and_swaps_without_failures(model_dir: Path) -> None:
     with make_client(model_dir) as c:
         assert c.post("/v1/admin/reload").status_code == 403  # disabled without a token

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.devices import DeviceCatalog
-from service.features.gemm import FEATURE_COLUMNS, build_features
+from service.features.gemm import FEATURE_COLUMNS, build_features, feature_matrix, with_k
 from service.settings import Settings
 from training.data.gemm import COLUMNS, load_gemm
 
@@ -82,3 +82,17 @@ def test_numpy_runs_outer_products_on_a_slower_path(gemm_settings: Settings) -> 
     k2 = per_output.loc[frame["k"] == 2]
     assert len(outer) >= 8 and len(k2) >= 8
     assert outer.median() > 3 * k2.median(), (outer.median(), k2.median())
+
+
+def test_with_k_gives_the_features_of_the_same_rows_with_that_k(gemm_settings: Settings) -> None:
+    """Split models evaluate rows at k = split from their feature matrix alone: the k-dependent columns
+    recomputed there equal a fresh featurisation of the rows with that k, on every source."""
+    catalog = DeviceCatalog.default()
+    for name in ("cpu-gemm-local", "gpperf-rtx4070-tiled", "neusight-gemm"):
+        data = load_gemm(name, gemm_settings, catalog)
+        sample = data.frame.sample(min(len(data.frame), 2000), random_state=1)
+        matrix = feature_matrix(sample, data.devices)
+        for k in (1, 32, 3000):
+            expected = feature_matrix(sample.assign(k=k), data.devices)
+            np.testing.assert_array_equal(with_k(matrix, k), expected, err_msg=f"{name}, k={k}")
+        assert not np.array_equal(with_k(matrix, 32), matrix)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import lightgbm as lgb
@@ -18,27 +19,34 @@ from service.model import TabularModel, halfwidth, list_versions
 from service.schemas.gemm import GemmInstance
 from service.settings import Settings
 from training.data.gemm import load_gemm
-from training.models import CostRegressor, make_candidate, publish
-from training.train import fit_gemm
+from training.models import CostRegressor, SplitRegressor, make_candidate, publish
+from training.train import K_SPLIT, fit_gemm
 
 RTX = "NVIDIA GeForce RTX 4070"
 
 
 def load_latest(model_dir: Path) -> TabularModel:
     (path,) = list_versions(model_dir, "gemm")[-1:]
-    return TabularModel(path, features.FEATURE_VERSION, features.FEATURE_COLUMNS).load()
+    return TabularModel(path, features.FEATURE_VERSION, features.FEATURE_COLUMNS, features.with_k).load()
 
 
 def test_train_save_load_predict_round_trip_agrees(settings: Settings) -> None:
-    data = load_gemm("gpperf-rtx4070-tiled", settings)
+    """GPPerf's tiled kernel plus NeuSight rows with small k, so that runtime is split at k = 32 and the
+    service's split (and cap at the split) is checked against the in-process one."""
+    tiled = load_gemm("gpperf-rtx4070-tiled", settings)
+    neusight = load_gemm("neusight-gemm", settings)
+    small_k = neusight.frame.loc[neusight.frame["k"] < K_SPLIT].sample(300, random_state=0)
+    frame = pd.concat([tiled.frame, neusight.frame.sample(1200, random_state=0), small_k], ignore_index=True)
+    data = replace(tiled, frame=frame, devices=tiled.devices | neusight.devices)
     fit = fit_gemm(data.frame, data.devices)
+    assert isinstance(fit.models["runtime_ms"][0], SplitRegressor) and fit.models["runtime_ms"][0].split_
     card = {
         "domain": "gemm",
         "feature_version": features.FEATURE_VERSION,
         "feature_columns": list(features.FEATURE_COLUMNS),
     }
     path = publish(settings.model_dir, "gemm", card, fit.models)
-    loaded = TabularModel(path, features.FEATURE_VERSION, features.FEATURE_COLUMNS).load()
+    loaded = TabularModel(path, features.FEATURE_VERSION, features.FEATURE_COLUMNS, features.with_k).load()
     X = features.build_features(data.frame, data.devices)
     for target, (model, _) in fit.models.items():
         in_process = model.predict(X)
@@ -50,6 +58,7 @@ def test_train_save_load_predict_round_trip_agrees(settings: Settings) -> None:
             np.testing.assert_allclose(from_disk, np.exp(in_process), rtol=1e-5)
     on_disk = json.loads((path / "card.json").read_text())
     assert set(on_disk["files"]) == {p.name for p in path.iterdir() if p.name != "card.json"}
+    assert on_disk["targets"]["runtime_ms"]["below"]["value"] == K_SPLIT
 
 
 def test_served_model_adds_the_baseline_it_was_fit_relative_to(settings: Settings) -> None:
@@ -61,7 +70,7 @@ def test_served_model_adds_the_baseline_it_was_fit_relative_to(settings: Setting
     model = CostRegressor(candidates=("lightgbm",), n_splits=3, baseline="log_baseline_ms").fit(X, y)
     card = {"feature_version": features.FEATURE_VERSION, "feature_columns": list(features.FEATURE_COLUMNS)}
     path = publish(settings.model_dir, "gemm", card, {"runtime_ms": (model, {})})
-    loaded = TabularModel(path, features.FEATURE_VERSION, features.FEATURE_COLUMNS).load()
+    loaded = TabularModel(path, features.FEATURE_VERSION, features.FEATURE_COLUMNS, features.with_k).load()
     published = json.loads((path / "card.json").read_text())["targets"]["runtime_ms"]
     assert published["baseline"] == "log_baseline_ms"
     served = loaded.targets["runtime_ms"].predict_log(X.to_numpy(dtype=float))
@@ -85,6 +94,21 @@ def test_onnx_export_agrees_with_lightgbm_on_rows_with_missing_fields(
     # LightGBM was fit on the float32 features its export compares (see training.models._tree_input);
     # the export sums leaves in float32 (a moved branch would differ by far more than this tolerance).
     np.testing.assert_allclose(served.ravel(), booster.predict(X.astype(np.float32)), rtol=1e-5, atol=1e-5)
+
+
+def test_runtime_never_decreases_as_k_grows_across_the_split(trained_model_dir: Path) -> None:
+    """The published runtime model is split at k = 32; from k = 2 on, through the split, the prediction
+    never decreases on NeuSight's GPUs, for shapes whose small-k time is dominated by the write of C."""
+    model = load_latest(trained_model_dir)
+    assert model.targets["runtime_ms"].below is not None
+    catalog = DeviceCatalog.default()
+    ks = [2, 3, 4, 8, 16, 24, 31, 32, 33, 48, 64, 256, 4096]
+    for device, m, n, batch in itertools.product(
+        ("Tesla T4", "NVIDIA A100-PCIE-40GB"), (64, 1000, 8192), (64, 4096), (1, 16)
+    ):
+        instances = [GemmInstance(m=m, n=n, k=k, batch=batch, op="bmm", device=device) for k in ks]
+        runtimes = [row["runtime_ms"]["value"] for row in gemm.predict(instances, 0.9, model, catalog)]
+        assert all(b >= a for a, b in itertools.pairwise(runtimes)), (device, m, n, batch, runtimes)
 
 
 def test_runtime_never_decreases_as_k_grows(trained_model_dir: Path) -> None:
@@ -204,3 +228,59 @@ def test_selection_rejects_too_few_rows() -> None:
     X = pd.DataFrame({"a": np.arange(5.0)})
     with pytest.raises(ValueError, match="at least 10 rows"):
         CostRegressor().fit(X, np.zeros(5))
+
+
+def test_split_needs_rows_and_groups_on_both_sides() -> None:
+    """A part with too few rows, or fewer than three groups where the whole has them (no held-out-group
+    calibration), is not split off: one model fits every row."""
+    rng = np.random.default_rng(4)
+    n = 600
+    X = pd.DataFrame({"k": rng.integers(1, 200, n).astype(float), "a": rng.uniform(0, 1, n)})
+    y = np.log(X["k"]) + X["a"] + rng.normal(0, 0.02, n)
+    groups = np.arange(n) % 4
+
+    def split(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray) -> SplitRegressor:
+        return SplitRegressor("k", 32, lambda m, v: m, increasing=("k",), regimes=("seen",)).fit(X, y, groups)
+
+    assert split(X, y, groups).split_
+    few = (X["k"] >= 32) | (np.arange(n) < 20)
+    assert not split(X[few], y[few], groups[few]).split_
+    one_group_below = (X["k"] >= 32) | (groups == 0)
+    assert not split(X[one_group_below], y[one_group_below], groups[one_group_below]).split_
+
+
+@pytest.fixture(scope="module")
+def cpu_runtime(mirror: Path) -> tuple[SplitRegressor, dict]:
+    """Runtime fit on the bundled CPU measurements (the data the quick start serves)."""
+    data = load_gemm("cpu-gemm-local", Settings(data_mirror=mirror))
+    model = fit_gemm(data.frame, data.devices, regimes=("seen",)).models["runtime_ms"][0]
+    assert isinstance(model, SplitRegressor)
+    return model, data.devices
+
+
+def _cpu_predict(model: SplitRegressor, devices: dict, rows: list[dict]) -> np.ndarray:
+    (name,) = devices
+    frame = pd.DataFrame(rows).assign(device=name)
+    return np.exp(model.predict(features.build_features(frame, devices)))
+
+
+def test_cpu_runtime_of_odd_sizes_follows_their_neighbours(cpu_runtime: tuple[SplitRegressor, dict]) -> None:
+    """One constrained model over every k predicted 1537^3 (fp64, one thread) at 224-296 ms, against 145 ms
+    for 1536^3 and 138.8 ms measured: the constraint, bent by the small-k rows, pushed odd sizes up."""
+    model, devices = cpu_runtime
+    for dtype, threads in itertools.product(("float64", "float32"), (1, 2)):
+        rows = [dict(m=s, n=s, k=s, dtype=dtype, threads=threads) for s in (1536, 1537)]
+        even, odd = _cpu_predict(model, devices, rows)
+        assert 0.9 < odd / even < 1.15, (dtype, threads, even, odd)
+
+
+def test_cpu_runtime_never_decreases_as_k_grows_from_two(cpu_runtime: tuple[SplitRegressor, dict]) -> None:
+    """From k = 2 on, through the split at 32 (k = 1, the outer product, may cost more than k = 2)."""
+    model, devices = cpu_runtime
+    ks = [2, 3, 4, 6, 8, 12, 16, 24, 31, 32, 33, 40, 64, 128, 512, 2048]
+    for m, n, dtype, threads, batch in itertools.product(
+        (7, 300, 1537), (2, 900, 3000), ("float32", "float64"), (1, 2), (1, 8)
+    ):
+        rows = [dict(m=m, n=n, k=k, dtype=dtype, threads=threads, batch=batch) for k in ks]
+        runtimes = _cpu_predict(model, devices, rows)
+        assert np.all(np.diff(runtimes) >= 0), (m, n, dtype, threads, batch, runtimes.round(4).tolist())

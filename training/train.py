@@ -33,8 +33,9 @@ GEMM_BASELINES = {"runtime_ms": "log_baseline_ms"}
 MIN_ROWS = 30
 # Monotone targets are fit in two parts, k below this and k from it on (see SplitRegressor): below ~32 a
 # GEMM's time is mostly the call and the write of C, and under one constraint those rows bent the fit of
-# every larger k. On the bundled CPU data (80/20, seed 0), one constrained model: 8.69% MAPE and 1537^3
-# fp64 at 224-296 ms against 138.8 measured; split at 16 / 32 / 64: 7.9 / 7.6 / 7.8%, 1537^3 right.
+# every larger k. Bundled CPU data, 80/20 split (seed 0): one constrained model 8.69% MAPE, 1537^3 fp64
+# at 224-296 ms against 138.8 measured; split at 32, 7.62% and 1537^3 right. The split point is the
+# best of 16 / 32 / 64 in 5-fold CV on the training part alone (8.96 / 8.59 / 8.59%).
 K_SPLIT = 32
 
 

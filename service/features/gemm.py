@@ -99,7 +99,8 @@ FEATURE_COLUMNS: tuple[str, ...] = (
 )
 
 # Features that never decrease when k grows with everything else fixed. Models constrain their output to be
-# non-decreasing in each (LightGBM/sklearn monotone constraints), so predicted runtime and energy never
+# non-decreasing in each (LightGBM/sklearn monotone constraints; k below and from 32 fit apart, joined so
+# that the whole stays monotone, see training.models.SplitRegressor), so predicted runtime and energy never
 # drop as the reduction dimension grows from 2 on. No other feature may depend on k: that would break the
 # guarantee (hence no k alignment and no memory-bound flag among the features). The one exception is
 # ``outer_product`` (k = 1), which libraries run on another code path: numpy computes a 674×1853 outer

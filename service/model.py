@@ -300,6 +300,12 @@ class TabularModel:
             baseline=self.feature_columns.index(baseline) if baseline is not None else None,
         )
 
+    def _split_figure(self, name: str, below: dict[str, Any], key: str) -> float:
+        value = below.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+            raise ModelLoadError(f"{self.path}: {name}'s split {key} must be a finite number, got {value!r}")
+        return float(value)
+
     def load(self) -> TabularModel:
         card_path = self.path / CARD
         try:
@@ -330,9 +336,9 @@ class TabularModel:
                     )
                 target.below = self._target(f"{name} below the split", below, paths)
                 target.split_column = self.feature_columns.index(below["column"])
-                target.split_value = float(below["value"])
+                target.split_value = self._split_figure(name, below, "value")
                 if below.get("capped_from") is not None:
-                    target.capped_from = float(below["capped_from"])
+                    target.capped_from = self._split_figure(name, below, "capped_from")
                 target.at_split = self.at_split
             targets[name] = target
         if not targets:

@@ -337,16 +337,29 @@ def test_baseline_that_is_not_a_feature_column_is_refused(model_dir: Path) -> No
         assert r.status_code == 503 and "'log_roofline_seconds' is not a feature column" in reason
 
 
-def test_split_on_a_column_that_is_not_a_feature_is_refused(model_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("column", "kk", "split on 'kk', not a feature column"),
+        ("value", "32", "split value must be a finite number, got '32'"),
+        ("capped_from", None, None),
+    ],
+)
+def test_split_entries_that_do_not_make_sense_are_refused(
+    model_dir: Path, field: str, value: object, message: str | None
+) -> None:
     card_path = _versions(model_dir)[-1] / "card.json"
     card = json.loads(card_path.read_text())
-    assert card["targets"]["runtime_ms"]["below"]["column"] == "k"
-    card["targets"]["runtime_ms"]["below"]["column"] = "kk"
+    below = card["targets"]["runtime_ms"]["below"]
+    assert below["column"] == "k" and below["value"] == 32 and below["capped_from"] == 2
+    below[field] = value
     card_path.write_text(json.dumps(card))
     with make_client(model_dir) as c:
         r = c.get("/readyz")
-        reason = r.json()["refused"][0]["reason"]
-        assert r.status_code == 503 and "split on 'kk', not a feature column" in reason
+        if message is None:  # no cap floor: every row below the split is capped, and the model loads
+            assert r.status_code == 200
+        else:
+            assert r.status_code == 503 and message in r.json()["refused"][0]["reason"]
 
 
 def test_reload_needs_the_token_and_swaps_without_failures(model_dir: Path) -> None:

@@ -308,8 +308,8 @@ class SplitRegressor(RegressorMixin, BaseEstimator):
     the column (GEMMs with a small k: the call and the write of C) held the whole fit back. The split is
     made only where each part has ``min_rows`` rows and, when the whole spans three groups or more, three
     groups too, so that both can be calibrated for unseen groups; otherwise one CostRegressor fits every
-    row. Each part records the groups it saw (``groups_``): a row below the split on a group the lower
-    part never saw is calibrated as unseen.
+    row. The groups the lower part saw are recorded (``below_groups_``): a row below the split on a group
+    it never saw is calibrated as unseen.
     """
 
     def __init__(
@@ -361,10 +361,9 @@ class SplitRegressor(RegressorMixin, BaseEstimator):
         if self.lower_ is not None:
             self._calibrate_capped(self.lower_, X.loc[below], y[below])
         self.best_name_ = self.upper_.best_name_
-        self.groups_ = {
-            "upper": sorted(map(str, np.unique(groups[upper]))) if groups is not None else [],
-            "below": sorted(map(str, np.unique(groups[below]))) if groups is not None and self.split_ else [],
-        }
+        self.below_groups_ = (
+            sorted(map(str, np.unique(groups[below]))) if groups is not None and self.split_ else []
+        )
         return self
 
     def _cap(self, part: pd.DataFrame) -> np.ndarray:
@@ -415,7 +414,7 @@ class SplitRegressor(RegressorMixin, BaseEstimator):
                 "column": self.column,
                 "value": self.value,
                 "capped_from": self.capped_from,
-                "devices": self.groups_["below"],
+                "devices": self.below_groups_,
                 **self.lower_.card_entry(folder, f"{stem}.below"),
             }
         return entry

@@ -306,3 +306,23 @@ def test_intervals_below_the_split_cover_the_capped_predictions(settings: Settin
     capped = center < model.lower_.predict(X[held]) - 1e-9
     covered = np.mean(np.abs(center - y[held]) <= width)
     assert capped.mean() > 0.2 and 0.84 <= covered <= 0.96, (capped.mean(), covered)
+
+
+def test_rows_below_the_split_on_devices_the_lower_part_never_saw_get_unseen_intervals(
+    trained_model_dir: Path,
+) -> None:
+    """The RTX 4070 rows all have k >= 512: below k = 32 an RTX request is new to the model that answers
+    it, so its interval is the held-out-device one, though the device is known above the split."""
+    model = load_latest(trained_model_dir)
+    target = model.targets["runtime_ms"]
+    assert target.below is not None and RTX in target.devices and RTX not in target.below.devices
+    instances = [GemmInstance(m=512, n=512, k=k, device=RTX) for k in (16, 64)]
+    names, specs = gemm.resolve_devices(instances, DeviceCatalog.default(), gemm.model_devices(model))
+    rows = {col: [getattr(i, col) for i in instances] for col in features.CONFIG_COLUMNS} | {"device": names}
+    prediction, seen = model.predict(features.feature_matrix(rows, specs), 0.9, names)["runtime_ms"]
+    spans = np.log(prediction.high / prediction.value)
+    assert seen.tolist() == [True, True]
+    unseen_below = target.below.halfwidths(0.9, np.array([False]))[0]
+    seen_above = target.halfwidths(0.9, np.array([True]))[0]
+    assert unseen_below > target.below.halfwidths(0.9, np.array([True]))[0]
+    np.testing.assert_allclose(spans, [unseen_below, seen_above])

@@ -120,6 +120,19 @@ class Prediction:
     high: np.ndarray
 
 
+@dataclass(frozen=True)
+class Split:
+    """A card's "below" entry, loaded: ``model`` predicts the rows whose feature ``column`` (an index) is
+    below ``value``, those from ``capped_from`` on never above the main model's prediction at the split,
+    which ``at_split`` (the domain's feature module) computes."""
+
+    model: TargetModel
+    column: int
+    value: float
+    capped_from: float
+    at_split: Callable[[np.ndarray, float], np.ndarray]
+
+
 @dataclass
 class TargetModel:
     name: str
@@ -129,14 +142,8 @@ class TargetModel:
     devices: list[str]
     # Index of the feature column holding a log-scale baseline the predictor's output is relative to.
     baseline: int | None = None
-    # A model for the rows whose feature ``split_column`` is below ``split_value`` (a card's "below"): it
-    # predicts them, those from ``capped_from`` on never above this model's prediction at the split, which
-    # ``at_split`` (the domain's feature module) computes. Unset: this model predicts every row.
-    below: TargetModel | None = None
-    split_column: int | None = None
-    split_value: float = 0.0
-    capped_from: float = -np.inf
-    at_split: Callable[[np.ndarray, float], np.ndarray] | None = None
+    # Unset: this model predicts every row.
+    split: Split | None = None
     # Half-widths (inside, outside the training distribution) per requested coverage: requests mostly
     # repeat one coverage, and interpolating the grids costs more than the rest of a one-row interval.
     _widths: dict[float, tuple[float, float]] = field(default_factory=dict, repr=False, compare=False)
@@ -149,25 +156,23 @@ class TargetModel:
         out = np.asarray(raw, dtype=float).reshape(len(matrix))
         return out + matrix[:, self.baseline] if self.baseline is not None else out
 
-    def _below_rows(self, matrix: np.ndarray) -> np.ndarray:
-        if self.below is None or self.split_column is None:
-            return np.zeros(len(matrix), dtype=bool)
-        return matrix[:, self.split_column] < self.split_value
-
     def predict_log(self, matrix: np.ndarray) -> np.ndarray:
         """Log-scale prediction from the feature matrix (columns in the card's order, checked at load)."""
-        below = self._below_rows(matrix)
-        if self.below is None or self.at_split is None or not below.any():
+        split = self.split
+        if split is None:
+            return self._own_log(matrix)
+        below = matrix[:, split.column] < split.value
+        if not below.any():
             return self._own_log(matrix)
         out = np.empty(len(matrix))
         if not below.all():
             out[~below] = self._own_log(matrix[~below])
         part = matrix[below]
-        capped = part[:, self.split_column] >= self.capped_from
+        capped = part[:, split.column] >= split.capped_from
         cap = np.full(len(part), np.inf)
         if capped.any():
-            cap[capped] = self._own_log(self.at_split(part[capped], self.split_value))
-        out[below] = np.minimum(self.below._own_log(part), cap)
+            cap[capped] = self._own_log(split.at_split(part[capped], split.value))
+        out[below] = np.minimum(split.model._own_log(part), cap)
         return out
 
     def predict(
@@ -188,10 +193,10 @@ class TargetModel:
         else:
             center = self.predict_log(matrix)
         width = self.halfwidths(coverage, seen)
-        below = self._below_rows(matrix)
-        if below.any() and self.below is not None:
+        if self.split is not None:
+            below = matrix[:, self.split.column] < self.split.value
             seen_part = (seen if seen_below is None else seen_below)[below]
-            width[below] = self.below.halfwidths(coverage, seen_part)
+            width[below] = self.split.model.halfwidths(coverage, seen_part)
         return Prediction(np.exp(center), np.exp(center - width), np.exp(center + width))
 
     def halfwidths(self, coverage: float, seen: np.ndarray) -> np.ndarray:
@@ -264,6 +269,9 @@ class TabularModel:
 
     def _target(self, name: str, spec: dict[str, Any], paths: dict[str, Path]) -> TargetModel:
         """One target's predictor from its card entry, its files already verified."""
+        missing = [key for key in ("estimator", "calibration") if key not in spec]
+        if missing:
+            raise ModelLoadError(f"{self.path}: {name} lacks {', '.join(missing)} in {CARD}")
         if spec["estimator"] == "lightgbm":
             if "onnx" not in spec:
                 raise ModelLoadError(
@@ -334,12 +342,17 @@ class TabularModel:
                     raise ModelLoadError(
                         f"{self.path}: {name} is split on {below.get('column')!r}, not a feature column"
                     )
-                target.below = self._target(f"{name} below the split", below, paths)
-                target.split_column = self.feature_columns.index(below["column"])
-                target.split_value = self._split_figure(name, below, "value")
-                if below.get("capped_from") is not None:
-                    target.capped_from = self._split_figure(name, below, "capped_from")
-                target.at_split = self.at_split
+                target.split = Split(
+                    model=self._target(f"{name} below the split", below, paths),
+                    column=self.feature_columns.index(below["column"]),
+                    value=self._split_figure(name, below, "value"),
+                    capped_from=(
+                        -np.inf
+                        if below.get("capped_from") is None
+                        else self._split_figure(name, below, "capped_from")
+                    ),
+                    at_split=self.at_split,
+                )
             targets[name] = target
         if not targets:
             raise ModelLoadError(f"{self.path}: the card lists no targets")
@@ -367,7 +380,7 @@ class TabularModel:
         out = {}
         for name, target in self.targets.items():
             seen = member_of(devices, target.devices)
-            seen_below = member_of(devices, target.below.devices) if target.below is not None else None
+            seen_below = member_of(devices, target.split.model.devices) if target.split is not None else None
             prediction = target.predict(
                 matrix, coverage, seen, only_seen=name in only_seen, seen_below=seen_below
             )

@@ -362,6 +362,17 @@ def test_split_entries_that_do_not_make_sense_are_refused(
             assert r.status_code == 503 and message in r.json()["refused"][0]["reason"]
 
 
+def test_a_target_entry_without_its_calibration_is_refused_naming_it(model_dir: Path) -> None:
+    card_path = _versions(model_dir)[-1] / "card.json"
+    card = json.loads(card_path.read_text())
+    del card["targets"]["runtime_ms"]["below"]["calibration"]
+    card_path.write_text(json.dumps(card))
+    with make_client(model_dir) as c:
+        r = c.get("/readyz")
+        reason = r.json()["refused"][0]["reason"]
+        assert r.status_code == 503 and "runtime_ms below the split lacks calibration" in reason
+
+
 def test_reload_needs_the_token_and_swaps_without_failures(model_dir: Path) -> None:
     with make_client(model_dir) as c:
         assert c.post("/v1/admin/reload").status_code == 403  # disabled without a token

@@ -100,7 +100,7 @@ def test_runtime_never_decreases_as_k_grows_across_the_split(trained_model_dir: 
     """The published runtime model is split at k = 32; from k = 2 on, through the split, the prediction
     never decreases on NeuSight's GPUs, for shapes whose small-k time is dominated by the write of C."""
     model = load_latest(trained_model_dir)
-    assert model.targets["runtime_ms"].below is not None
+    assert model.targets["runtime_ms"].split is not None
     catalog = DeviceCatalog.default()
     ks = [2, 3, 4, 8, 16, 24, 31, 32, 33, 48, 64, 256, 4096]
     for device, m, n, batch in itertools.product(
@@ -315,14 +315,15 @@ def test_rows_below_the_split_on_devices_the_lower_part_never_saw_get_unseen_int
     it, so its interval is the held-out-device one, though the device is known above the split."""
     model = load_latest(trained_model_dir)
     target = model.targets["runtime_ms"]
-    assert target.below is not None and RTX in target.devices and RTX not in target.below.devices
+    assert target.split is not None and RTX in target.devices and RTX not in target.split.model.devices
+    below = target.split.model
     instances = [GemmInstance(m=512, n=512, k=k, device=RTX) for k in (16, 64)]
     names, specs = gemm.resolve_devices(instances, DeviceCatalog.default(), gemm.model_devices(model))
     rows = {col: [getattr(i, col) for i in instances] for col in features.CONFIG_COLUMNS} | {"device": names}
     prediction, seen = model.predict(features.feature_matrix(rows, specs), 0.9, names)["runtime_ms"]
     spans = np.log(prediction.high / prediction.value)
     assert seen.tolist() == [True, True]
-    unseen_below = target.below.halfwidths(0.9, np.array([False]))[0]
+    unseen_below = below.halfwidths(0.9, np.array([False]))[0]
     seen_above = target.halfwidths(0.9, np.array([True]))[0]
-    assert unseen_below > target.below.halfwidths(0.9, np.array([True]))[0]
+    assert unseen_below > below.halfwidths(0.9, np.array([True]))[0]
     np.testing.assert_allclose(spans, [unseen_below, seen_above])

@@ -733,8 +733,11 @@ def mlir(
         float, typer.Option("--min-time", help="Seconds per repetition (and of warm-up).")
     ] = 0.02,
     threads: Annotated[
-        int | None, typer.Option("--threads", help="IREE worker threads (default: usable CPUs).")
+        int | None, typer.Option("--threads", help="IREE worker threads (default: usable CPUs but one).")
     ] = None,
+    invocations: Annotated[
+        int, typer.Option("--invocations", help="Separate benchmark launches per program (median).")
+    ] = 3,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the sweep's size; measure nothing.")
     ] = False,
@@ -754,9 +757,11 @@ def mlir(
     cpus = os.cpu_count() or 1
     if threads is not None and not 1 <= threads <= cpus:
         raise typer.BadParameter(f"must be between 1 and {cpus}, got {threads}", param_hint="'--threads'")
+    if not 1 <= invocations <= 20:
+        raise typer.BadParameter(f"must be between 1 and 20, got {invocations}", param_hint="'--invocations'")
     if out.exists() and not out.is_dir():
         raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="'--out'")
-    collect_mlir.run_cli(out, per_family, limit, repetitions, min_time, threads, dry_run)
+    collect_mlir.run_cli(out, per_family, limit, repetitions, min_time, threads, invocations, dry_run)
 
 
 if __name__ == "__main__":

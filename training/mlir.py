@@ -265,13 +265,20 @@ def _target_metrics(rows: pd.DataFrame) -> dict[str, Any]:
     return entry
 
 
+def _median_p90(frame: pd.DataFrame, column: str) -> dict[str, float | None]:
+    """Median and p90 of a recorded spread over the programs that have it (None when none has)."""
+    values = frame[column].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return {f"{column}_median": None, f"{column}_p90": None}
+    return {f"{column}_median": float(np.median(values)), f"{column}_p90": float(np.quantile(values, 0.9))}
+
+
 def summarize_mlir(
     predictions: pd.DataFrame, frame: pd.DataFrame, dataset: str, protocol: str, n_train: int
 ) -> dict[str, Any]:
     """The metrics.json document (the GEMM shape: targets, groups — here keyed by family — plus the
     measurement noise floor)."""
-    spread = frame["runtime_spread"].to_numpy(dtype=float)
-    spread = spread[np.isfinite(spread)]
     metrics: dict[str, Any] = {
         "dataset": dataset,
         "protocol": protocol,
@@ -280,9 +287,11 @@ def summarize_mlir(
         "targets": {},
         "groups": {},
         "noise_floor": {
-            "runtime_spread_median": float(np.median(spread)) if len(spread) else None,
-            "runtime_spread_p90": float(np.quantile(spread, 0.9)) if len(spread) else None,
-            "definition": "(p75 - p25) / median of the per-repetition wall times of one program",
+            **_median_p90(frame, "runtime_spread"),
+            **_median_p90(frame, "runtime_launch_spread"),
+            "definition": "runtime_spread: (p75 - p25) / median of the per-repetition wall times of one "
+            "launch; runtime_launch_spread: (max - min) / runtime of the medians of a program's separate "
+            "launches (None for data collected with one launch)",
         },
     }
     for target, rows in predictions.groupby("target", sort=False):

@@ -101,13 +101,16 @@ TINY = [
 
 @needs_iree
 def test_tiny_programs_end_to_end_and_resume(tmp_path: Path) -> None:
-    settings = C.BenchSettings(repetitions=5, min_time_s=0.005, warmup_s=0.005, threads=1)
+    settings = C.BenchSettings(repetitions=5, min_time_s=0.005, warmup_s=0.005, threads=1, invocations=2)
     assert C.collect(tmp_path, TINY, settings) == len(TINY)
     records = {r["key"]: r for r in C.read_records(tmp_path / C.PROGRAMS)}
     assert set(records) == {s.key for s in TINY}
     for r in records.values():
         assert r["status"] == "ok", r.get("error")
         assert r["runtime_ms"] > 0 and r["repetitions"] == 5 and r["runtime_spread"] >= 0
+        # Two launches: the runtime is their median, never below the fastest repetition of either.
+        assert r["invocations"] == 2 and 0 < r["runtime_min_ms"] <= r["runtime_ms"]
+        assert 0 <= r["runtime_launch_spread"] < 2
         assert r["cpu_time_ms"] > 0 and 0 < r["utilization"] <= 1.5
         assert r["instructions"] > 0 and r["code_bytes"] > 0 and r["dispatches"] >= 1
         assert 0 < r["vector_registers"] <= 32 and r["spills"] >= 0
@@ -115,6 +118,7 @@ def test_tiny_programs_end_to_end_and_resume(tmp_path: Path) -> None:
     assert "torch.operator" in records[TINY[2].key]["mlir"]
     env = json.loads((tmp_path / C.ENVIRONMENT_FILE).read_text())
     assert env["versions"]["iree-base-compiler"] != "not installed" and env["cpu_flags"]
+    assert env["benchmark"]["invocations"] == 2
     # Rerunning measures nothing new.
     assert C.collect(tmp_path, TINY, settings) == 0
 
@@ -131,3 +135,22 @@ def test_a_program_that_fails_to_compile_is_recorded_with_the_first_error_line()
     assert "error" in record["error"] and "\n" not in record["error"]
     assert record["error"].startswith("program.mlir:2:")
     assert record["mlir"] == bad
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--invocations", "0"], "--invocations"),
+        (["--repetitions", "2"], "--repetitions"),
+        (["--per-family", "0"], "--per-family"),
+    ],
+)
+def test_bad_options_name_the_option(tmp_path: Path, args: list[str], option: str) -> None:
+    from typer.testing import CliRunner
+
+    from training import collect
+
+    result = CliRunner().invoke(collect.app, ["mlir", "--out", str(tmp_path / "x"), *args])
+    assert result.exit_code == 2
+    assert option in result.output
+    assert not (tmp_path / "x").exists()

@@ -1,10 +1,10 @@
 """MLIR dataset loader: ``programs.jsonl.gz`` written by ``perfcost collect mlir`` → one table.
 
 Columns: ``key, family, dtype, status, error, mlir`` + :data:`TARGETS` + measurement details
-(``runtime_spread``, ``cpu_time_ms``, ``compile_ms``, ``dispatches``, ``vector_share``, ``code_bytes``,
-``threads``). Programs that failed to import, compile or run stay in the table with their status and
-error line (the dataset records them); :func:`measured` selects the rows a model can learn from, and
-every row it leaves out is counted by reason in the report.
+(``runtime_spread``, ``runtime_launch_spread``, ``cpu_time_ms``, ``compile_ms``, ``dispatches``,
+``vector_share``, ``code_bytes``, ``threads``). Programs that failed to import, compile or run stay in the
+table with their status and error line (the dataset records them); :func:`measured` selects the rows a
+model can learn from, and every row it leaves out is counted by reason in the report.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ DEFAULT_DIR = Path("datasets") / "mlir-cpu-local"
 TARGETS = ("runtime_ms", "instructions", "vector_registers", "spills", "utilization")
 DETAILS = (
     "runtime_spread",
+    "runtime_launch_spread",
     "runtime_min_ms",
     "cpu_time_ms",
     "compile_ms",

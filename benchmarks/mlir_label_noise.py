@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--programs: must be at least 2, got {args.programs}")
     if not (args.dataset / PROGRAMS).is_file() or not (args.dataset / ENVIRONMENT_FILE).is_file():
         parser.error(f"dataset: {args.dataset} holds no {PROGRAMS} and {ENVIRONMENT_FILE}")
-    settings = settings_of(args.dataset)
+    try:
+        settings = settings_of(args.dataset)
+    except (ValueError, KeyError, TypeError) as exc:
+        parser.error(f"dataset: {args.dataset / ENVIRONMENT_FILE} has no usable benchmark settings: {exc!r}")
     measured = [r for r in read_records(args.dataset / PROGRAMS) if r["status"] == "ok"]
     sample = random.Random(args.seed).sample(measured, min(args.programs, len(measured)))
     ratios = []

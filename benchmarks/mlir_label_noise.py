@@ -33,18 +33,6 @@ from training.collect_mlir import (
 log = logging.getLogger("mlir_label_noise")
 
 
-def settings_of(dataset: Path) -> BenchSettings:
-    """The benchmark settings the dataset was collected with (launches default to 1 for older files)."""
-    bench = json.loads((dataset / ENVIRONMENT_FILE).read_text())["benchmark"]
-    return BenchSettings(
-        repetitions=bench["repetitions"],
-        min_time_s=bench["min_time_s"],
-        warmup_s=bench["warmup_s"],
-        threads=bench["worker_threads"],
-        invocations=bench.get("invocations", 1),
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", type=Path, help="A collected MLIR dataset directory")
@@ -57,10 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.dataset / PROGRAMS).is_file() or not (args.dataset / ENVIRONMENT_FILE).is_file():
         parser.error(f"dataset: {args.dataset} holds no {PROGRAMS} and {ENVIRONMENT_FILE}")
     try:
-        settings = settings_of(args.dataset)
+        settings = BenchSettings.from_environment(json.loads((args.dataset / ENVIRONMENT_FILE).read_text()))
     except (ValueError, KeyError, TypeError) as exc:
         parser.error(f"dataset: {args.dataset / ENVIRONMENT_FILE} has no usable benchmark settings: {exc!r}")
     measured = [r for r in read_records(args.dataset / PROGRAMS) if r["status"] == "ok"]
+    if not measured:
+        parser.error(f"dataset: {args.dataset / PROGRAMS} holds no measured program")
     sample = random.Random(args.seed).sample(measured, min(args.programs, len(measured)))
     ratios = []
     for record in tqdm(sample, desc="re-measuring", unit="program"):

@@ -921,6 +921,19 @@ class BenchSettings:
     # land at a launch moves a short program's time far more than the repetitions within one launch do.
     invocations: int = 3
 
+    @classmethod
+    def from_environment(cls, environment: dict[str, Any]) -> BenchSettings:
+        """The settings a collection recorded in its ``environment.json`` (see :func:`environment`); data
+        collected before launches were counted had one launch per program."""
+        bench = environment["benchmark"]
+        return cls(
+            repetitions=int(bench["repetitions"]),
+            min_time_s=float(bench["min_time_s"]),
+            warmup_s=float(bench["warmup_s"]),
+            threads=int(bench["worker_threads"]),
+            invocations=int(bench.get("invocations", 1)),
+        )
+
 
 def compile_program(mlir_path: Path, workdir: Path) -> dict[str, Any]:
     """Compile with iree-compile (llvm-cpu, host CPU), dumping executable assembly; the compile and

@@ -154,3 +154,12 @@ def test_bad_options_name_the_option(tmp_path: Path, args: list[str], option: st
     assert result.exit_code == 2
     assert option in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_settings_read_back_from_the_recorded_environment() -> None:
+    settings = C.BenchSettings(repetitions=7, min_time_s=0.03, warmup_s=0.01, threads=3, invocations=2)
+    env = json.loads(json.dumps(C.environment(settings, {})))
+    assert C.BenchSettings.from_environment(env) == settings
+    # Collections from before launches were counted ran one launch per program.
+    del env["benchmark"]["invocations"]
+    assert C.BenchSettings.from_environment(env).invocations == 1

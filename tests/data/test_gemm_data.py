@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import openpyxl
+import pandas as pd
 import pytest
 
 from service.devices import DeviceCatalog
-from service.features.gemm import FEATURE_COLUMNS, build_features, feature_matrix, with_k
+from service.features.gemm import FEATURE_COLUMNS, LAYOUTS, build_features, feature_matrix, with_k
 from service.settings import Settings
-from training.data.gemm import COLUMNS, load_gemm
+from training.data.gemm import COLUMNS, LoadReport, load_deepbench, load_gemm
+from training.data.registry import DatasetError
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +101,128 @@ def test_with_k_gives_the_features_of_the_same_rows_with_that_k(gemm_settings: S
             expected = feature_matrix(sample.assign(k=k), data.devices)
             np.testing.assert_array_equal(with_k(matrix, k), expected, err_msg=f"{name}, k={k}")
         assert not np.array_equal(with_k(matrix, 32), matrix)
+
+
+DEEPBENCH_FP16 = {"Tesla V100-SXM2-16GB", "Tesla T4", "Tesla P100-PCIE-16GB"}
+
+
+@pytest.fixture(scope="module")
+def deepbench(gemm_settings: Settings):
+    return load_gemm("deepbench", gemm_settings, DeviceCatalog.default())
+
+
+def test_deepbench_reads_the_dense_gemm_block_of_every_gpu(deepbench) -> None:
+    frame, report = deepbench.frame, deepbench.report
+    assert report.rejected == {}, report.examples
+    assert list(frame.columns) == list(COLUMNS)
+    fp32 = frame.loc[frame["dtype"] == "float32"]
+    per_device = fp32.groupby("device").size()
+    assert len(per_device) == 8 and (per_device >= 150).all(), per_device
+    catalog = DeviceCatalog.default()
+    assert all(d in catalog for d in frame["device"].unique())
+    assert set(deepbench.devices) == set(frame["device"])
+    # Only the GEMM block: no convolution, RNN or all-reduce row comes along.
+    assert set(frame["op"]) == {"gemm"} and (frame["batch"] == 1).all() and frame["kernel"].isna().all()
+    assert set(frame["layout"]) <= set(LAYOUTS) and {"nn", "nt", "tn"} <= set(frame["layout"])
+    assert set(frame.loc[frame["dtype"] == "float16", "device"]) == DEEPBENCH_FP16
+    assert set(frame["dtype"]) == {"float32", "float16"} and (frame["runtime_ms"] > 0).all()
+    # Shapes from real models: unlike neusight-gemm's, most are multiples of 8.
+    aligned = ((frame[["m", "n", "k"]] % 8) == 0).all(axis=1)
+    assert aligned.mean() > 0.5
+    assert not frame.duplicated(["device", "m", "n", "k", "layout", "dtype"]).any()
+
+
+def test_deepbench_never_runs_above_the_devices_peak(deepbench) -> None:
+    frame = deepbench.frame
+    specs = deepbench.devices
+    achieved = 2.0 * frame["m"] * frame["n"] * frame["k"] / frame["runtime_ms"] / 1e6  # GFLOP/s
+    peak = pd.Series([specs[d].peak_gflops(t) for d, t in zip(frame["device"], frame["dtype"], strict=True)])
+    ratio = achieved / peak
+    # GPU Boost runs a GeForce 1080 Ti above its rated 1582 MHz boost clock: its fastest SGEMM reaches
+    # 12.1 TFLOP/s, 1.07x the datasheet's 11.34. Every other device stays within 5% of its datasheet peak.
+    over = frame.loc[ratio > 1.05, ["device", "m", "n", "k", "dtype"]].assign(ratio=ratio)
+    assert set(over["device"]) <= {"NVIDIA GeForce GTX 1080 Ti"}, over
+    assert ratio.max() <= 1.10, over
+    # The tensor-core FP16 rows run far above the FP32 rate: why V100 and T4 carry fp16_gflops.
+    for device in ("Tesla V100-SXM2-16GB", "Tesla T4"):
+        half = frame["device"].eq(device) & frame["dtype"].eq("float16")
+        assert achieved[half].max() > 3 * specs[device].fp32_gflops, device
+    # P100's pseudo-FP16 computes in FP32: its times match the FP32 sheet's.
+    keys = ["device", "m", "n", "k", "layout"]
+    p100 = frame.loc[frame["device"] == "Tesla P100-PCIE-16GB"]
+    paired = p100.pivot_table(index=keys, columns="dtype", values="runtime_ms").dropna()
+    assert len(paired) >= 150
+    assert 0.9 < (paired["float16"] / paired["float32"]).median() < 1.1
+
+
+def _workbook(path: Path, sheets: dict[str, list[list[object]]]) -> Path:
+    book = openpyxl.Workbook()
+    book.remove(book.active)
+    for name, rows in sheets.items():
+        sheet = book.create_sheet(name)
+        for row in rows:
+            sheet.append(row)
+    book.save(path)
+    return path
+
+
+GEMM_HEADER = ["Dense Matrix Multiplication", None, "M", "N", "K", "A Transpose", "B Transpose", None,
+               "Time (msec)", "TERAFLOPS"]  # fmt: skip
+CONV_BLOCK = [
+    [],
+    ["Convolution"],
+    [None, None, "W", "H", "C", "N", "K "],
+    [None, "Vision", 224, 224, 3, 8, 64],
+]
+
+
+def test_deepbench_workbook_without_a_dense_block_names_the_file_and_sheet(tmp_path: Path) -> None:
+    path = _workbook(
+        tmp_path / "DeepBench_NV_V100.xlsx",
+        {"Results FP32": [["Precision", "Float"], *CONV_BLOCK], "Specs": [["GPU Model", "NVIDIA V100"]]},
+    )
+    with pytest.raises(
+        DatasetError,
+        match=r"DeepBench_NV_V100\.xlsx, sheet 'Results FP32': no 'Dense Matrix Multiplication' block",
+    ):
+        load_deepbench({"DeepBench_NV_V100.xlsx": path}, LoadReport("deepbench"))
+
+
+def test_deepbench_rejects_bad_and_repeated_rows_by_file_sheet_and_row(tmp_path: Path) -> None:
+    rows: list[list[object]] = [
+        ["Precision", "Float"],
+        [],
+        GEMM_HEADER,
+        [None, "DeepSpeech", 1760, 16, 1760, "N", "N", None, 0.038, 2.6],
+        [None, "DeepSpeech", 1760, 32, 1760, "N", "T", None, "N/A", None],
+        [],
+        [None, "DeepSpeech", 0, 32, 1760, "T", "N", None, 0.041, 4.8],
+        [None, "DeepSpeech", 1760, 64, 1760, "X", "N", None, 0.056, 7.0],
+        [None, "DeepSpeech", 1760, 16, 1760, "N", "N", None, 0.040, 2.5],
+        ["note beside sizes", "DeepSpeech", 2048, 16, 2048, "T", "N", None, 0.042, 3.2],
+        *CONV_BLOCK,
+    ]
+    half = [
+        ["Precision", "16 bit inputs"],
+        [],
+        GEMM_HEADER,
+        [None, None, 1760, 16, 1760, "T", "T", None, 0.01, 9],
+    ]
+    path = _workbook(
+        tmp_path / "t4.xlsx", {"Results FP32": rows, "Results - FP16 ip, Mixed math": half, "Specs": []}
+    )
+    report = LoadReport("deepbench")
+    frame = load_deepbench({"DeepBench_NV_T4.xlsx": path}, report)
+    assert frame[["m", "n", "k", "dtype", "layout", "runtime_ms"]].to_dict("records") == [
+        {"m": 1760, "n": 16, "k": 1760, "dtype": "float32", "layout": "nn", "runtime_ms": 0.038},
+        {"m": 2048, "n": 16, "k": 2048, "dtype": "float32", "layout": "tn", "runtime_ms": 0.042},
+        {"m": 1760, "n": 16, "k": 1760, "dtype": "float16", "layout": "tt", "runtime_ms": 0.01},
+    ]
+    assert set(frame["device"]) == {"Tesla T4"}
+    sheet = "DeepBench_NV_T4.xlsx:Results FP32"
+    assert report.examples == {
+        "time_ms missing, non-numeric or <= 0": [f"{sheet}:5: 'N/A'"],
+        "m missing, non-numeric or <= 0": [f"{sheet}:7: 0"],
+        "a_transpose not N or T": [f"{sheet}:8: 'X'"],
+        "duplicate configuration": [f"{sheet}:9 repeats {sheet}:4"],
+    }, report.examples

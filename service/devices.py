@@ -81,7 +81,7 @@ def canonical(name: str) -> str:
     return re.sub(r"[\s_\-]+", " ", name.strip().lower())
 
 
-def _read_device_file(path: Path) -> list[DeviceSpec]:
+def read_device_file(path: Path) -> list[DeviceSpec]:
     try:
         raw = (
             yaml.safe_load(path.read_text())
@@ -118,7 +118,7 @@ class DeviceCatalog:
                 raise DeviceError(f"PERFCOST_DEVICE_DIR={device_dir} is not a directory")
             for path in sorted(device_dir.iterdir()):
                 if path.suffix in (".json", ".yaml", ".yml"):
-                    for spec in _read_device_file(path):
+                    for spec in read_device_file(path):
                         catalog.add(spec)
         return catalog
 

@@ -142,11 +142,14 @@ class TargetModel:
     devices: list[str]
     # Index of the feature column holding a log-scale baseline the predictor's output is relative to.
     baseline: int | None = None
+    # Index of a feature column holding a log-scale time no run can beat (e.g. the roofline): predictions
+    # never fall below it.
+    floor: int | None = None
     # Unset: this model predicts every row.
     split: Split | None = None
-    # Half-widths (inside, outside the training distribution) per requested coverage: requests mostly
-    # repeat one coverage, and interpolating the grids costs more than the rest of a one-row interval.
-    _widths: dict[float, tuple[float, float]] = field(default_factory=dict, repr=False, compare=False)
+    # Half-widths (seen device, unseen device, beyond the sizes trained on) per requested coverage: requests
+    # mostly repeat one coverage, and interpolating the grids costs more than the rest of a one-row interval.
+    _widths: dict[float, tuple[float, float, float]] = field(default_factory=dict, repr=False, compare=False)
 
     def _own_log(self, matrix: np.ndarray) -> np.ndarray:
         if isinstance(self.predictor, OnnxTrees):
@@ -154,7 +157,9 @@ class TargetModel:
         else:
             raw = forest_predict(self.predictor, matrix)
         out = np.asarray(raw, dtype=float).reshape(len(matrix))
-        return out + matrix[:, self.baseline] if self.baseline is not None else out
+        if self.baseline is not None:
+            out = out + matrix[:, self.baseline]
+        return np.maximum(out, matrix[:, self.floor]) if self.floor is not None else out
 
     def predict_log(self, matrix: np.ndarray) -> np.ndarray:
         """Log-scale prediction from the feature matrix (columns in the card's order, checked at load)."""
@@ -182,28 +187,41 @@ class TargetModel:
         seen: np.ndarray,
         only_seen: bool = False,
         seen_below: np.ndarray | None = None,
+        beyond: np.ndarray | None = None,
     ) -> Prediction:
-        """Value and conformal interval; ``seen`` marks rows whose device this target was trained on, and
-        ``seen_below`` those the model below the split was trained on (default: ``seen``). With
-        ``only_seen`` the other rows are not predicted at all (NaN)."""
+        """Value and conformal interval; ``seen`` marks rows whose device this target was trained on,
+        ``seen_below`` those the model below the split was trained on (default: ``seen``), and ``beyond``
+        rows larger than anything trained on their device (default: none). With ``only_seen`` the other
+        rows are not predicted at all (NaN)."""
         if only_seen and not seen.all():
             center = np.full(len(matrix), np.nan)
             if seen.any():
                 center[seen] = self.predict_log(matrix[seen])
         else:
             center = self.predict_log(matrix)
-        width = self.halfwidths(coverage, seen)
+        width = self.halfwidths(coverage, seen, beyond)
         if self.split is not None:
             below = matrix[:, self.split.column] < self.split.value
             seen_part = (seen if seen_below is None else seen_below)[below]
-            width[below] = self.split.model.halfwidths(coverage, seen_part)
-        return Prediction(np.exp(center), np.exp(center - width), np.exp(center + width))
+            beyond_part = None if beyond is None else beyond[below]
+            width[below] = self.split.model.halfwidths(coverage, seen_part, beyond_part)
+        low = center - width
+        if self.floor is not None:
+            low = np.maximum(low, matrix[:, self.floor])
+        return Prediction(np.exp(center), np.exp(low), np.exp(center + width))
 
-    def halfwidths(self, coverage: float, seen: np.ndarray) -> np.ndarray:
+    def halfwidths(self, coverage: float, seen: np.ndarray, beyond: np.ndarray | None = None) -> np.ndarray:
         """Log-scale half-width per row: the "seen" calibration for rows like the training data, the
-        "unseen" one (held-out devices, families or CPU models) for the others."""
+        "unseen" one (held-out devices, families or CPU models) for the others, and on a seen device the
+        "extrapolate" one (fit on its smaller rows, scored on its largest) for rows in ``beyond``. Outside
+        the training distribution never narrower than inside."""
         if coverage not in self._widths:
             inside = halfwidth(self.calibration["seen"], coverage)
+            larger = (
+                max(halfwidth(self.calibration["extrapolate"], coverage), inside)
+                if "extrapolate" in self.calibration
+                else inside
+            )
             # Without held-out-group residuals there is no honest interval for a new group: NaN, which the
             # domain reports as unavailable. With them, never narrower outside the training distribution
             # than inside, whatever the calibration sample.
@@ -214,9 +232,11 @@ class TargetModel:
             )
             if len(self._widths) >= WIDTH_CACHE_SIZE:
                 self._widths.clear()  # coverage comes from requests: bound what they can make us keep
-            self._widths[coverage] = (inside, outside)
-        inside, outside = self._widths[coverage]
-        return np.where(seen, inside, outside)
+            self._widths[coverage] = (inside, outside, larger)
+        inside, outside, larger = self._widths[coverage]
+        if beyond is None:
+            return np.where(seen, inside, outside)
+        return np.where(seen, np.where(beyond, larger, inside), outside)
 
 
 class TabularModel:
@@ -296,9 +316,10 @@ class TabularModel:
         )
         if list(names) != list(self.feature_columns):
             raise ModelLoadError(f"{self.path}: {filename} was fit on other feature columns; retrain")
-        baseline = spec.get("baseline")
-        if baseline is not None and baseline not in self.feature_columns:
-            raise ModelLoadError(f"{self.path}: {name}'s baseline {baseline!r} is not a feature column")
+        baseline, floor = spec.get("baseline"), spec.get("floor")
+        for role, column in (("baseline", baseline), ("floor", floor)):
+            if column is not None and column not in self.feature_columns:
+                raise ModelLoadError(f"{self.path}: {name}'s {role} {column!r} is not a feature column")
         return TargetModel(
             name=name,
             estimator=spec["estimator"],
@@ -306,6 +327,7 @@ class TabularModel:
             calibration=spec["calibration"],
             devices=list(spec.get("devices", [])),
             baseline=self.feature_columns.index(baseline) if baseline is not None else None,
+            floor=self.feature_columns.index(floor) if floor is not None else None,
         )
 
     def _split_figure(self, name: str, below: dict[str, Any], key: str) -> float:
@@ -365,13 +387,15 @@ class TabularModel:
         coverage: float,
         devices: list[str],
         only_seen: Collection[str] = (),
+        beyond: np.ndarray | None = None,
     ) -> dict[str, tuple[Prediction, np.ndarray]]:
         """Every target's prediction, plus per row whether that target was trained on the row's device.
 
         ``features`` is a table with the feature columns, or a matrix whose columns are already in the
         card's order (the feature module's ``FEATURE_COLUMNS``, which loading checked). Targets named in
         ``only_seen`` are predicted only on rows of their training devices (NaN elsewhere), for domains
-        that never report them on other devices.
+        that never report them on other devices. ``beyond`` marks rows larger than anything trained on
+        their device, which get the extrapolation intervals where a target has them.
         """
         if isinstance(features, pd.DataFrame):
             matrix = features.loc[:, list(self.feature_columns)].to_numpy(dtype=float)
@@ -382,7 +406,7 @@ class TabularModel:
             seen = member_of(devices, target.devices)
             seen_below = member_of(devices, target.split.model.devices) if target.split is not None else None
             prediction = target.predict(
-                matrix, coverage, seen, only_seen=name in only_seen, seen_below=seen_below
+                matrix, coverage, seen, only_seen=name in only_seen, seen_below=seen_below, beyond=beyond
             )
             out[name] = (prediction, seen)
         return out

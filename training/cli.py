@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from training import collect, data, evaluate, serve, train
+from training import calibrate, collect, collect_gpu, data, evaluate, serve, train
 
 app = typer.Typer(
     help="Predict compute cost before running it: data, collect, train, evaluate, serve.",
@@ -14,8 +14,10 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(collect.app, name="collect")
+collect.app.command("gpu-gemm")(collect_gpu.gpu_gemm)
 app.add_typer(train.app, name="train")
 app.add_typer(evaluate.app, name="evaluate")
+app.add_typer(calibrate.app, name="calibrate")
 app.command("serve")(serve.serve)
 
 

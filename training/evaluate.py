@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,16 +22,27 @@ from rich.table import Table
 from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
 
+from service.devices import DeviceCatalog, DeviceSpec
+from service.domains import gemm as gemm_domain
 from service.features import gemm as gemm_features
+from service.model import TabularModel
+from service.schemas.gemm import GemmInstance
 from service.settings import Settings
+from training.collect_gpu import calibration_sweep
 from training.data.gemm import load_gemm
 from training.data.registry import REGISTRY, DatasetError
-from training.train import fit_gemm, gemm_log_target
+from training.models import extrapolation_fold, publish
+from training.train import GemmFit, fit_gemm, gemm_card, merged
 
 log = logging.getLogger(__name__)
 app = typer.Typer(help="Held-out evaluation: metrics.json and plots under reports/.", no_args_is_help=True)
 
-PROTOCOLS = ("random", "group-device")
+# random: 80/20 (seed 0); group-device: leave one device out (optionally with a few calibration rows of
+# the held-out device in training); extrapolate: per device, train on the 80% smallest GEMMs by FLOPs and
+# test on the 20% largest; transfer: train on other datasets, test on every row of this one.
+PROTOCOLS = ("random", "group-device", "extrapolate", "transfer")
+# Float fields of a GEMM request; the other numeric configuration fields are whole numbers.
+FLOAT_FIELDS = ("alpha", "beta")
 COVERAGE = 0.9
 
 
@@ -68,8 +82,9 @@ def summarize(predictions: pd.DataFrame, dataset: str, protocol: str, n_train: i
         )
         entry["n_test"] = len(rows)
         metrics["targets"][target] = entry
-        for column in ("device", "size"):
-            for group, part in rows.groupby(column):
+        by = rows.assign(device_op=rows["device"] + " / " + rows["op"])
+        for column in ("device", "op", "device_op", "size"):
+            for group, part in by.groupby(column):
                 ape = np.abs(part["pred"] - part["true"]) / part["true"]
                 metrics["groups"].setdefault(str(group), {})[target] = {
                     "mape": float(ape.mean()),
@@ -82,60 +97,152 @@ def summarize(predictions: pd.DataFrame, dataset: str, protocol: str, n_train: i
     return metrics
 
 
-def _held_out(
-    train: pd.DataFrame, test: pd.DataFrame, devices: dict, select_by: str, regime: str
+def gemm_instances(rows: pd.DataFrame) -> list[GemmInstance]:
+    """Request instances for the rows of a GEMM table, exactly as a client would send them."""
+    columns: dict[str, list[Any]] = {"device": rows["device"].tolist()}
+    for col in gemm_features.CONFIG_COLUMNS:
+        values = rows[col].tolist()
+        if col in gemm_features.CATEGORICAL_FIELDS:
+            columns[col] = [v if isinstance(v, str) else None for v in values]
+        elif col in FLOAT_FIELDS:
+            columns[col] = [None if v is None or math.isnan(v) else float(v) for v in values]
+        else:
+            columns[col] = [None if v is None or math.isnan(v) else int(v) for v in values]
+    # Fields the row leaves unset take the API's defaults, as in a request that omits them.
+    return [
+        GemmInstance.model_validate({k: v for k, v in zip(columns, values, strict=True) if v is not None})
+        for values in zip(*columns.values(), strict=True)
+    ]
+
+
+def served_predictions(
+    fit: GemmFit, train: pd.DataFrame, test: pd.DataFrame, devices: dict[str, DeviceSpec]
 ) -> pd.DataFrame:
-    fit = fit_gemm(train, devices, select_by=select_by, regimes=(regime,))
-    features = gemm_features.build_features(test, devices)
+    """Held-out predictions as the service returns them: the fit is published, loaded by the service's
+    model runtime and asked through the GEMM domain (values, floors, split, interval widening for unseen
+    devices and larger sizes), so the scores are those of what users get."""
+    trained = {d: devices[d] for d in sorted(train["device"].unique())}
+    with tempfile.TemporaryDirectory(prefix="perfcost-eval-") as tmp:
+        path = publish(Path(tmp), "gemm", gemm_card(train, trained, [], 0.0), fit.models)
+        model = TabularModel(
+            path, gemm_features.FEATURE_VERSION, gemm_features.FEATURE_COLUMNS, gemm_features.with_k
+        ).load()
+        served = gemm_domain.predict(gemm_instances(test), COVERAGE, model, DeviceCatalog(devices.values()))
     parts = []
-    for target, (model, _) in fit.models.items():
-        mask, _ = gemm_log_target(test, features, target)
-        if not mask.any():
+    for target, (regressor, _) in fit.models.items():
+        answered = np.array([row[target] is not None for row in served], dtype=bool)
+        measured = np.isfinite(test[target].to_numpy(dtype=float))
+        keep = answered & measured
+        if not keep.any():
             continue
-        X = features.loc[mask]
-        center = model.predict(X)
-        width = model.halfwidths(X, regime, COVERAGE)
-        rows = test.loc[mask]
+        rows = test.loc[keep]
+        values = [served[i][target] for i in np.flatnonzero(keep)]
         parts.append(
             pd.DataFrame(
                 {
                     "target": target,
-                    "model": model.best_name_,
+                    "model": regressor.best_name_,
                     "device": rows["device"].to_numpy(),
+                    "op": rows["op"].to_numpy(),
                     "size": size_bucket(gemm_features.flops(rows)),
                     "true": rows[target].to_numpy(dtype=float),
-                    "pred": np.exp(center),
-                    "low": np.exp(center - width),
-                    "high": np.exp(center + width),
+                    "pred": [v["value"] for v in values],
+                    "low": [v["low"] for v in values],
+                    "high": [v["high"] for v in values],
+                    "ood": [served[i]["out_of_distribution"] for i in np.flatnonzero(keep)],
                 }
             )
         )
     return pd.concat(parts, ignore_index=True)
 
 
+def _held_out(train: pd.DataFrame, test: pd.DataFrame, devices: dict[str, DeviceSpec]) -> pd.DataFrame:
+    return served_predictions(fit_gemm(train, devices), train, test, devices)
+
+
+def calibration_rows(held: pd.DataFrame, sweep: pd.DataFrame, count: int) -> pd.Index:
+    """The ``count`` measured rows of one device nearest the calibration sweep's shapes (same op where the
+    device has it; distance in log2 of batch, m, n, k), each row used once: what a user who ran the sweep
+    on that device would have measured, where the dataset lacks the exact shapes."""
+    if count > len(sweep):
+        raise DatasetError(f"--calibrate {count}: the calibration sweep holds {len(sweep)} shapes")
+    space = np.log2(held[list(gemm_features.SIZE_FIELDS)].to_numpy(dtype=float))
+    chosen: list[int] = []
+    free = np.ones(len(held), dtype=bool)
+    for _, shape in sweep.head(count).iterrows():
+        same_op = (held["op"] == shape["op"]).to_numpy()
+        pool = free & same_op if (free & same_op).any() else free
+        target = np.log2(shape[list(gemm_features.SIZE_FIELDS)].to_numpy(dtype=float))
+        distance = np.where(pool, np.abs(space - target).sum(axis=1), np.inf)
+        best = int(np.argmin(distance))
+        chosen.append(best)
+        free[best] = False
+    return held.index[chosen]
+
+
+def _group_device(frame: pd.DataFrame, devices: dict[str, DeviceSpec], calibrate: int) -> pd.DataFrame:
+    names = sorted(frame["device"].unique())
+    if len(names) < 3:
+        raise DatasetError(f"group-device needs at least 3 devices, the data have {len(names)}")
+    sweep = calibration_sweep() if calibrate else None
+    parts = []
+    for device in names:
+        held = frame["device"] == device
+        test = frame.loc[held]
+        train = frame.loc[~held]
+        if sweep is not None:
+            shots = calibration_rows(test, sweep, calibrate)
+            train = pd.concat([train, test.loc[shots]])
+            test = test.drop(shots)
+        log.info("group-device: holding out %s (%d calibration rows)", device, calibrate)
+        parts.append(_held_out(train, test, devices))
+    return pd.concat(parts, ignore_index=True)
+
+
+def extrapolation_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per device, its GEMMs up to the 80th percentile of FLOPs (train) and the larger ones (test)."""
+    train_rows, test_rows = extrapolation_fold(np.log(gemm_features.flops(frame)), frame["device"].to_numpy())
+    return frame.iloc[train_rows], frame.iloc[test_rows]
+
+
 def evaluate_gemm_dataset(
-    name: str, protocol: str, settings: Settings
+    name: str,
+    protocol: str,
+    settings: Settings,
+    calibrate: int = 0,
+    train_datasets: Sequence[str] = (),
 ) -> tuple[dict[str, Any], pd.DataFrame]:
+    if calibrate and protocol != "group-device":
+        raise DatasetError("--calibrate applies to the group-device protocol only")
+    if protocol == "transfer" and not train_datasets:
+        raise DatasetError("the transfer protocol needs --train-dataset (the data to train on)")
+    if train_datasets and protocol != "transfer":
+        raise DatasetError("--train-dataset applies to the transfer protocol only")
     data = load_gemm(name, settings)
-    frame = data.frame
+    frame, devices = data.frame, dict(data.devices)
     if protocol == "random":
         train, test = train_test_split(frame, test_size=0.2, random_state=0)
-        predictions = _held_out(train, test, data.devices, "seen", "seen")
+        predictions = _held_out(train, test, devices)
         n_train = len(train)
     elif protocol == "group-device":
-        names = sorted(frame["device"].unique())
-        if len(names) < 3:
-            raise DatasetError(f"{name}: group-device needs at least 3 devices, the dataset has {len(names)}")
-        parts = []
-        for device in names:
-            log.info("group-device: holding out %s", device)
-            held = frame["device"] == device
-            parts.append(_held_out(frame.loc[~held], frame.loc[held], data.devices, "unseen", "unseen"))
-        predictions = pd.concat(parts, ignore_index=True)
-        n_train = int(len(frame) * (len(names) - 1) / len(names))
+        predictions = _group_device(frame, devices, calibrate)
+        n_train = int(len(frame) * (frame["device"].nunique() - 1) / frame["device"].nunique())
+    elif protocol == "extrapolate":
+        train, test = extrapolation_split(frame)
+        predictions = _held_out(train, test, devices)
+        n_train = len(train)
+    elif protocol == "transfer":
+        train, devices = merged([load_gemm(d, settings) for d in train_datasets])
+        devices |= data.devices
+        predictions = _held_out(train, frame, devices)
+        n_train = len(train)
     else:
         raise DatasetError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
-    return summarize(predictions, name, protocol, n_train), predictions
+    label = protocol + (f"+calibrate{calibrate}" if calibrate else "")
+    metrics = summarize(predictions, name, label, n_train)
+    if train_datasets:
+        metrics["train_datasets"] = list(train_datasets)
+    return metrics, predictions
 
 
 def plot_pred_vs_measured(
@@ -199,39 +306,58 @@ def print_table(metrics: dict[str, Any], published: dict[str, Any]) -> None:
     console.print(table)
     if "note" in published:
         console.print(f"published: {published['note']}")
-    if metrics["protocol"] == "group-device":
-        groups = Table(title="held-out devices")
-        for col in ("device", "runtime MAPE", "median APE", "90% cov.", "n_test"):
-            groups.add_column(col)
-        for group, v in metrics["groups"].items():
-            if not group.startswith("size:") and "runtime_ms" in v:
-                r = v["runtime_ms"]
-                groups.add_row(
-                    group,
-                    f"{r['mape']:.2%}",
-                    f"{r['median_ape']:.2%}",
-                    f"{r['interval_coverage_90']:.3f}",
-                    str(r["n_test"]),
-                )
-        console.print(groups)
+    groups = Table(title="runtime by device, op and device / op")
+    for col in ("group", "runtime MAPE", "median APE", "90% cov.", "n_test"):
+        groups.add_column(col)
+    for group, v in metrics["groups"].items():
+        if not group.startswith("size:") and "runtime_ms" in v:
+            r = v["runtime_ms"]
+            groups.add_row(
+                group,
+                f"{r['mape']:.2%}",
+                f"{r['median_ape']:.2%}",
+                f"{r['interval_coverage_90']:.3f}",
+                str(r["n_test"]),
+            )
+    console.print(groups)
 
 
 @app.command("gemm")
 def evaluate_gemm(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="GEMM dataset name")],
     protocol: Annotated[
-        str, typer.Option(help="random (80/20, seed 0) or group-device (leave one device out)")
+        str,
+        typer.Option(
+            help="random (80/20, seed 0), group-device (leave one device out), extrapolate (per device, "
+            "train on the 80% smallest GEMMs by FLOPs, test on the largest 20%) or transfer (train on "
+            "--train-dataset, test on every row of --dataset)"
+        ),
     ] = "random",
+    calibrate: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=32,
+            help="group-device: add this many rows of the held-out device to training (those nearest the "
+            "shipped calibration sweep's shapes); the rest are the test",
+        ),
+    ] = 0,
+    train_dataset: Annotated[
+        list[str] | None, typer.Option("--train-dataset", help="transfer: dataset(s) to train on")
+    ] = None,
 ) -> None:
-    """Evaluate GEMM models on held-out data; print a table next to the published figures."""
+    """Evaluate GEMM models on held-out data as the service serves them; print a table next to the
+    published figures."""
     if protocol not in PROTOCOLS:
         raise typer.BadParameter(f"must be one of {', '.join(PROTOCOLS)}", param_hint="--protocol")
     settings = Settings()
     try:
-        metrics, predictions = evaluate_gemm_dataset(dataset, protocol, settings)
+        metrics, predictions = evaluate_gemm_dataset(
+            dataset, protocol, settings, calibrate=calibrate, train_datasets=train_dataset or ()
+        )
     except DatasetError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--dataset") from exc
-    folder = settings.report_dir / dataset / protocol
+        raise typer.BadParameter(str(exc), param_hint="--dataset / --protocol") from exc
+    folder = settings.report_dir / dataset / metrics["protocol"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
     write_plots(predictions, metrics, folder)

@@ -37,9 +37,9 @@ import sklearn
 from joblib import Parallel, delayed
 from onnxmltools import convert_lightgbm
 from onnxmltools.convert.common.data_types import FloatTensorType
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.ensemble import RandomForestRegressor
-from sklearn.model_selection import GroupKFold, KFold, cross_val_predict
+from sklearn.model_selection import GroupKFold, KFold
 
 from service.model import (
     CARD,
@@ -54,6 +54,12 @@ from service.model import (
 log = logging.getLogger(__name__)
 
 CANDIDATES = ("lightgbm", "random_forest")
+# Calibration regimes: K-fold (devices seen in training), leave-one-group-out (unseen devices) and
+# extrapolation (per group, fit on the rows up to its EXTRAPOLATE_QUANTILE of FLOPs, residuals on the rest:
+# what a request larger than anything trained on its device meets).
+REGIMES = ("seen", "unseen", "extrapolate")
+EXTRAPOLATE_QUANTILE = 0.8
+SIZE_COLUMN = "log_flops"
 # Lines of LightGBM's text model holding each tree's split thresholds and decision flags.
 THRESHOLDS = re.compile(r"^threshold=(.*)$", re.MULTILINE)
 DECISION_TYPES = re.compile(r"^decision_type=(.*)$", re.MULTILINE)
@@ -120,6 +126,36 @@ def _column(X: pd.DataFrame, name: str | None) -> np.ndarray | float:
     return X[name].to_numpy(dtype=float) if name is not None else 0.0
 
 
+def extrapolation_fold(sizes: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, rows up to its :data:`EXTRAPOLATE_QUANTILE` of ``sizes`` (train) and above it (test)."""
+    groups = np.zeros(len(sizes)) if groups is None else np.asarray(groups)
+    threshold = pd.Series(sizes).groupby(groups).transform(lambda v: v.quantile(EXTRAPOLATE_QUANTILE))
+    above = sizes > threshold.to_numpy()
+    return np.flatnonzero(~above), np.flatnonzero(above)
+
+
+def out_of_fold(
+    estimator: BaseEstimator,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    n_jobs: int,
+) -> np.ndarray:
+    """Each row's prediction by the fold model that did not see it; NaN for rows no fold tests (the
+    extrapolation fold tests only the largest rows)."""
+
+    def one(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        fitted = clone(estimator).fit(X.iloc[train], y[train])
+        return test, np.asarray(fitted.predict(X.iloc[test]), dtype=float)
+
+    out = np.full(len(y), np.nan)
+    for test, values in Parallel(n_jobs=n_jobs if len(folds) > 1 else 1)(
+        delayed(one)(train, test) for train, test in folds
+    ):
+        out[test] = values
+    return out
+
+
 def ape_of_log(residual: np.ndarray) -> np.ndarray:
     """Absolute percentage error on the original scale from a log-scale residual (pred - true)."""
     return np.abs(np.expm1(residual))
@@ -137,6 +173,7 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         increasing: tuple[str, ...] = (),
         regimes: tuple[str, ...] = ("seen", "unseen"),
         baseline: str | None = None,
+        floor: str | None = None,
         random_state: int = 0,
         n_jobs: int = -1,
     ) -> None:
@@ -147,11 +184,12 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         self.increasing = increasing
         self.regimes = regimes
         self.baseline = baseline
+        self.floor = floor
         self.random_state = random_state
         self.n_jobs = n_jobs
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None = None) -> CostRegressor:
-        if self.select_by not in ("seen", "unseen") or self.select_by not in self.regimes:
+        if self.select_by not in REGIMES or self.select_by not in self.regimes:
             raise ValueError(
                 f"select_by must be one of the computed regimes {self.regimes}, got {self.select_by!r}"
             )
@@ -160,8 +198,9 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         unknown = sorted(set(self.increasing) - set(X.columns))
         if unknown:
             raise ValueError(f"increasing names columns X does not have: {unknown}")
-        if self.baseline is not None and self.baseline not in X.columns:
-            raise ValueError(f"baseline names a column X does not have: {self.baseline!r}")
+        for role, column in (("baseline", self.baseline), ("floor", self.floor)):
+            if column is not None and column not in X.columns:
+                raise ValueError(f"{role} names a column X does not have: {column!r}")
         monotone = [1 if c in self.increasing else 0 for c in X.columns] if self.increasing else None
         if n < 10:
             raise ValueError(f"need at least 10 rows to fit, got {n}")
@@ -187,8 +226,16 @@ class CostRegressor(RegressorMixin, BaseEstimator):
             # Leave one device out; at most four folds on a subsample, five on full data.
             folds = min(n_groups, 4 if n > self.max_cv_rows else 5)
             regimes["unseen"] = list(GroupKFold(folds).split(X_cv, y_cv, g_cv))
-        if self.select_by == "unseen" and "unseen" not in regimes:
-            raise ValueError("select_by='unseen' needs rows from at least three devices")
+        if "extrapolate" in self.regimes and SIZE_COLUMN in X.columns:
+            train_part, test_part = extrapolation_fold(X_cv[SIZE_COLUMN].to_numpy(dtype=float), g_cv)
+            # One size only (UCI SGEMM is all 2048^3): nothing to extrapolate to, so no such calibration.
+            if min(len(train_part), len(test_part)) >= 10:
+                regimes["extrapolate"] = [(train_part, test_part)]
+        if self.select_by not in regimes:
+            raise ValueError(
+                f"select_by={self.select_by!r} cannot be computed here (unseen needs rows from at least "
+                f"three devices, extrapolate a {SIZE_COLUMN} column)"
+            )
 
         # Each candidate learns the target as it is and, given a baseline column, relative to it (on
         # one RTX 4070's CUTLASS kernels the roofline ratio doubled LightGBM's error; on numpy's CPU GEMMs
@@ -206,12 +253,10 @@ class CostRegressor(RegressorMixin, BaseEstimator):
             base = _column(X_cv, baseline)
             started = time.perf_counter()
             # Folds fit in parallel processes, each LightGBM on one thread (see make_candidate).
-            oof = cross_val_predict(
-                estimator, trees.iloc[cv_idx], y_cv - base, cv=regimes[regime], n_jobs=self.n_jobs
-            )
-            residual = oof + base - y_cv
+            oof = out_of_fold(estimator, trees.iloc[cv_idx], y_cv - base, regimes[regime], self.n_jobs)
+            residual = self._floored(oof + base, X_cv) - y_cv
             oofs[label][regime] = residual
-            ape = ape_of_log(residual)
+            ape = ape_of_log(residual[np.isfinite(residual)])
             self.cv_scores_[label][regime] = {
                 "mape": float(np.mean(ape)),
                 "median_ape": float(np.median(ape)),
@@ -257,7 +302,11 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         )
         self.estimator_ = fitted[0]
         if len(held):
-            residual = self._predict_with(fitted[1], X.iloc[held]) - y[held]
+            part = X.iloc[held]
+            base_held = _column(part, self.baseline_)
+            residual = self._floored(self._predict_with(fitted[1], part) + base_held, part) - (
+                y[held] + base_held
+            )
             self.calibration_["seen"] = calibration_grid(residual)
         return self
 
@@ -268,8 +317,14 @@ class CostRegressor(RegressorMixin, BaseEstimator):
             return forest_predict(estimator, features.to_numpy())
         return np.asarray(estimator.predict(features), dtype=float)
 
+    def _floored(self, log_prediction: np.ndarray, X: pd.DataFrame) -> np.ndarray:
+        """Never below the floor column (a log time no run can beat, e.g. the roofline), where one is set."""
+        if self.floor is None:
+            return log_prediction
+        return np.maximum(log_prediction, X[self.floor].to_numpy(dtype=float))
+
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return self._predict_with(self.estimator_, X) + _column(X, self.baseline_)
+        return self._floored(self._predict_with(self.estimator_, X) + _column(X, self.baseline_), X)
 
     def save(self, folder: Path, stem: str) -> dict[str, str]:
         """Write the fitted estimator and return the card entries naming its files: LightGBM as its text
@@ -288,6 +343,7 @@ class CostRegressor(RegressorMixin, BaseEstimator):
             **self.save(folder, stem),
             "estimator": self.best_name_,
             "baseline": self.baseline_,
+            "floor": self.floor,
             "cv": self.cv_scores_,
             "calibration": self.calibration_,
         }
@@ -321,6 +377,7 @@ class SplitRegressor(RegressorMixin, BaseEstimator):
         increasing: tuple[str, ...] = (),
         regimes: tuple[str, ...] = ("seen", "unseen"),
         baseline: str | None = None,
+        floor: str | None = None,
         min_rows: int = 30,
         capped_from: float | None = None,
     ) -> None:
@@ -332,11 +389,16 @@ class SplitRegressor(RegressorMixin, BaseEstimator):
         self.increasing = increasing
         self.regimes = regimes
         self.baseline = baseline
+        self.floor = floor
         self.min_rows = min_rows
 
     def _part(self) -> CostRegressor:
         return CostRegressor(
-            select_by=self.select_by, increasing=self.increasing, regimes=self.regimes, baseline=self.baseline
+            select_by=self.select_by,
+            increasing=self.increasing,
+            regimes=self.regimes,
+            baseline=self.baseline,
+            floor=self.floor,
         )
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None = None) -> SplitRegressor:

@@ -19,7 +19,7 @@ from service.features import gemm as gemm_features
 from service.settings import Settings
 from training.data.gemm import GemmData, available_gemm_datasets, load_gemm, load_gemm_dir
 from training.data.registry import DatasetError, get_spec, is_available
-from training.models import CostRegressor, SplitRegressor, publish
+from training.models import REGIMES, CostRegressor, SplitRegressor, publish
 
 log = logging.getLogger(__name__)
 app = typer.Typer(help="Fit models and publish them into PERFCOST_MODEL_DIR.", no_args_is_help=True)
@@ -27,9 +27,14 @@ app = typer.Typer(help="Fit models and publish them into PERFCOST_MODEL_DIR.", n
 # Targets, learned on the log scale; True: constrained never to decrease as k grows (more work along the
 # reduction dimension can neither shorten a GEMM nor save energy; power has no such law).
 GEMM_TARGETS: dict[str, bool] = {"runtime_ms": True, "power_w": False, "energy_j": True}
-# Runtime may be learned relative to the roofline-plus-call-overhead time, where CV prefers it (the baseline
-# is itself non-decreasing in k, so the guarantee holds for the sum).
-GEMM_BASELINES = {"runtime_ms": "log_baseline_ms"}
+# Runtime may be learned as an efficiency relative to the physics time (waves of tiles over the SMs, each
+# wave at its compute or memory roofline, plus writing C and the call), where leave-one-device-out CV
+# prefers it (the baseline is itself non-decreasing in k, so the guarantee holds for the sum). Trees
+# predict within the range of the ratios they were fit on, so a GEMM larger than any trained on is
+# priced by the physics, not capped at the largest runtime seen. And no runtime is ever predicted below
+# the device's roofline (the floor), so efficiency and utilization never exceed 1.
+GEMM_BASELINES = {"runtime_ms": "log_physics_ms"}
+GEMM_FLOORS = {"runtime_ms": "log_roofline_ms"}
 MIN_ROWS = 30
 # Monotone targets are fit in two parts, k below this and k from it on (see SplitRegressor): below ~32 a
 # GEMM's time is mostly the call and the write of C, and under one constraint those rows bent the fit of
@@ -42,54 +47,60 @@ K_SPLIT = 32
 @dataclass
 class GemmFit:
     models: dict[str, tuple[CostRegressor | SplitRegressor, dict[str, Any]]]
-    devices: dict[str, DeviceSpec]
 
 
-def gemm_log_target(
-    frame: pd.DataFrame, features: pd.DataFrame, target: str
-) -> tuple[np.ndarray, np.ndarray]:
+def gemm_log_target(frame: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
     """Rows with a usable measurement of ``target`` and its log value."""
     values = frame[target].to_numpy(dtype=float)
     mask = np.isfinite(values) & (values > 0)
     return mask, np.log(values[mask])
 
 
+def default_selection(frame: pd.DataFrame) -> str:
+    """Candidates and target forms are chosen by the CV that mimics use: leave one device out where the
+    data span three devices or more (random K-fold rewards what fits the training devices' shapes), K-fold
+    on one or two."""
+    return "unseen" if frame["device"].nunique() >= 3 else "seen"
+
+
 def fit_gemm(
     frame: pd.DataFrame,
     devices: dict[str, DeviceSpec],
-    select_by: str = "seen",
-    regimes: tuple[str, ...] = ("seen", "unseen"),
+    select_by: str | None = None,
+    regimes: tuple[str, ...] = REGIMES,
 ) -> GemmFit:
-    """Fit every GEMM target with measurements; ``regimes`` are the calibrations to compute (evaluation
-    asks only for the one its protocol uses)."""
+    """Fit every GEMM target with measurements; ``regimes`` are the calibrations to compute, ``select_by``
+    the one that picks each target's candidate (default: :func:`default_selection`)."""
     features = gemm_features.build_features(frame, devices)
     models: dict[str, tuple[CostRegressor | SplitRegressor, dict[str, Any]]] = {}
     for target, monotone in GEMM_TARGETS.items():
-        mask, y = gemm_log_target(frame, features, target)
+        mask, y = gemm_log_target(frame, target)
         if mask.sum() < MIN_ROWS:
             log.info("%s: %d measured rows, fewer than %d: no model", target, mask.sum(), MIN_ROWS)
             continue
         rows = frame.loc[mask]
         log.info("fitting %s on %d rows from %d devices", target, mask.sum(), rows["device"].nunique())
         groups = rows["device"].to_numpy()
-        baseline = GEMM_BASELINES.get(target)
+        chosen = select_by or default_selection(rows)
+        baseline, floor = GEMM_BASELINES.get(target), GEMM_FLOORS.get(target)
         increasing: tuple[str, ...] = gemm_features.INCREASING_IN_K if monotone else ()
         model: CostRegressor | SplitRegressor = (
             SplitRegressor(
                 "k",
                 K_SPLIT,
                 gemm_features.with_k,
-                select_by=select_by,
+                select_by=chosen,
                 increasing=increasing,
                 regimes=regimes,
                 baseline=baseline,
+                floor=floor,
                 min_rows=MIN_ROWS,
                 # k = 1 is the outer product, which libraries run on another, slower path (see
                 # gemm_features.INCREASING_IN_K): from k = 2 on the prediction never decreases.
                 capped_from=2,
             )
             if monotone
-            else CostRegressor(select_by=select_by, regimes=regimes, baseline=baseline)
+            else CostRegressor(select_by=chosen, regimes=regimes, baseline=baseline, floor=floor)
         )
         model.fit(features.loc[mask], y, groups=groups)
         models[target] = (
@@ -97,10 +108,11 @@ def fit_gemm(
             {
                 "increasing_in": list(increasing),
                 "n_train": int(mask.sum()),
+                "selected_by": chosen,
                 "devices": sorted(rows["device"].unique()),
             },
         )
-    return GemmFit(models=models, devices=devices)
+    return GemmFit(models=models)
 
 
 def domain_profile(frame: pd.DataFrame) -> dict[str, Any]:
@@ -115,7 +127,10 @@ def domain_profile(frame: pd.DataFrame) -> dict[str, Any]:
         col: sorted({str(v) for v in frame[col].dropna().unique()})
         for col in ("op", "dtype", "layout", "kernel")
     }
-    return {"ranges": numeric, "categories": categories}
+    # Per device: the largest GEMM trained on, beyond which a prediction extrapolates in size.
+    largest = pd.Series(flops).groupby(frame["device"].to_numpy()).max()
+    device_flops = {str(device): float(value) for device, value in largest.items()}
+    return {"ranges": numeric, "categories": categories, "device_max_flops": device_flops}
 
 
 def default_gemm_datasets(settings: Settings) -> list[str]:
@@ -151,27 +166,47 @@ def train_gemm_model(
     return publish_gemm(loaded, settings, name)
 
 
-def publish_gemm(loaded: list[GemmData], settings: Settings, name: str = "gemm") -> str:
-    started = time.perf_counter()
-    if not loaded:
-        raise DatasetError("no GEMM dataset to train on")
-    frame = pd.concat([d.frame for d in loaded], ignore_index=True)
-    devices: dict[str, DeviceSpec] = {}
-    for d in loaded:
-        devices.update(d.devices)
-    fit = fit_gemm(frame, devices)
-    card = {
+def gemm_card(
+    frame: pd.DataFrame,
+    devices: dict[str, DeviceSpec],
+    datasets: list[dict[str, Any]],
+    seconds: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The card of a GEMM model fit on ``frame`` (what the service reads besides the model files)."""
+    return {
         "domain": "gemm",
         "feature_version": gemm_features.FEATURE_VERSION,
         "feature_columns": list(gemm_features.FEATURE_COLUMNS),
-        "datasets": [
-            {"name": d.name, "rows": len(d.frame), "files": d.files, "rejected": d.report.rejected}
-            for d in loaded
-        ],
+        "datasets": datasets,
         "devices": [spec.model_dump() for spec in devices.values()],
         "profile": domain_profile(frame),
-        "training_seconds": round(time.perf_counter() - started, 1),
+        "training_seconds": round(seconds, 1),
+        **extra,
     }
+
+
+def dataset_entry(data: GemmData) -> dict[str, Any]:
+    return {"name": data.name, "rows": len(data.frame), "files": data.files, "rejected": data.report.rejected}
+
+
+def merged(loaded: Sequence[GemmData]) -> tuple[pd.DataFrame, dict[str, DeviceSpec]]:
+    """The datasets' rows in one table and the union of their devices."""
+    if not loaded:
+        raise DatasetError("no GEMM dataset to train on")
+    devices: dict[str, DeviceSpec] = {}
+    for d in loaded:
+        devices.update(d.devices)
+    return pd.concat([d.frame for d in loaded], ignore_index=True), devices
+
+
+def publish_gemm(loaded: list[GemmData], settings: Settings, name: str = "gemm", **extra: Any) -> str:
+    started = time.perf_counter()
+    frame, devices = merged(loaded)
+    fit = fit_gemm(frame, devices)
+    card = gemm_card(
+        frame, devices, [dataset_entry(d) for d in loaded], time.perf_counter() - started, **extra
+    )
     path = publish(settings.model_dir, name, card, fit.models)
     return path.name
 

@@ -76,8 +76,19 @@ def _intervals(pred: Prediction) -> list[dict[str, float] | None]:
     ]
 
 
+def beyond_trained_sizes(devices: list[str], total_flops: np.ndarray, model: TabularModel) -> np.ndarray:
+    """Per row, whether it is larger (in FLOPs) than every GEMM the model was trained on for its device."""
+    largest = model.card.get("profile", {}).get("device_max_flops", {})
+    ceiling = np.array([largest.get(d, np.inf) for d in devices], dtype=float)
+    return total_flops > ceiling
+
+
 def _ood_reasons(
-    rows: dict[str, list[Any]], total_flops: np.ndarray, model: TabularModel, trained: dict[str, DeviceSpec]
+    rows: dict[str, list[Any]],
+    total_flops: np.ndarray,
+    beyond: np.ndarray,
+    model: TabularModel,
+    trained: dict[str, DeviceSpec],
 ) -> list[list[str]]:
     """Why each row lies outside the training data (empty list: inside). Vectorised per check."""
     profile = model.card.get("profile", {})
@@ -87,6 +98,12 @@ def _ood_reasons(
     devices = rows["device"]
     for i in np.flatnonzero(~member_of(devices, trained)):
         reasons[i].append(f"device {devices[i]!r} is not among the {len(trained)} training devices")
+    largest = profile.get("device_max_flops", {})
+    for i in np.flatnonzero(beyond):
+        reasons[i].append(
+            f"flops={total_flops[i]:.6g} above the largest GEMM trained on for {devices[i]!r} "
+            f"({largest[devices[i]]:.6g}): extrapolating in size"
+        )
     numeric = {col: np.array(rows[col], dtype=float) for col in ("m", "n", "k", "batch")}
     numeric["flops"] = total_flops
     for col, values in numeric.items():
@@ -113,9 +130,10 @@ def predict(
     rows: dict[str, list[Any]] = {col: [getattr(inst, col) for inst in instances] for col in CONFIG_FIELDS}
     rows["device"] = names
     matrix = features.feature_matrix(rows, specs)
-    results = model.predict(matrix, coverage, names, only_seen=DEVICE_BOUND_TARGETS)
     flops = features.flops(rows)
-    ood = _ood_reasons(rows, flops, model, trained)
+    beyond = beyond_trained_sizes(names, flops, model)
+    results = model.predict(matrix, coverage, names, only_seen=DEVICE_BOUND_TARGETS, beyond=beyond)
+    ood = _ood_reasons(rows, flops, beyond, model, trained)
     peak_flops = (matrix[:, features.FEATURE_COLUMNS.index("peak_gflops")] * 1e9).tolist()
     flops_list = flops.tolist()
     intervals = {target: _intervals(pred) for target, (pred, _) in results.items()}

@@ -23,7 +23,7 @@ import pandas as pd
 
 from service.devices import SPEC_FIELDS, DeviceSpec
 
-FEATURE_VERSION = "gemm-2"
+FEATURE_VERSION = "gemm-3"
 
 Op = Literal["gemm", "bmm", "linear"]
 Dtype = Literal["float16", "bfloat16", "float32", "float64", "int8"]
@@ -71,6 +71,12 @@ DERIVED = (
     "log_t_memory_ms",
     "log_roofline_ms",
     "log_baseline_ms",
+    "log_physics_ms",
+    "log_physics_ms_per_k",
+    "physics_tile_m",
+    "physics_tile_n",
+    "physics_waves",
+    "physics_wave_efficiency",
     "intensity_over_ridge",
     "tiles",
     "waves",
@@ -118,6 +124,7 @@ INCREASING_IN_K = (
     "log_t_memory_ms",
     "log_roofline_ms",
     "log_baseline_ms",
+    "log_physics_ms",
     "intensity_over_ridge",
     "footprint_over_l2",
     "min_dim_log",
@@ -133,6 +140,23 @@ DEFAULT_CPU_TILE = 64
 # the learned ratio stays near 1 for tiny problems instead of exploding device-specifically. A batched
 # GEMM is one launch on a GPU, but one BLAS call per matrix on a CPU (numpy loops over the batch).
 LAUNCH_OVERHEAD_MS = {"gpu": 0.02, "cpu": 0.002}
+# Threadblock tiles a GPU library chooses among when the request names none (cuBLAS's SGEMM kernels in
+# NeuSight's data use 128x128, 128x64, 64x64, 32x128, 128x32 and 32x32; CUTLASS adds 256x128). The
+# physics time takes the fastest of them, as the library's heuristic aims to.
+GPU_TILES = (
+    (256, 128),
+    (128, 256),
+    (128, 128),
+    (128, 64),
+    (64, 128),
+    (64, 64),
+    (32, 128),
+    (128, 32),
+    (32, 32),
+)
+# Tiles resident on one SM at a time: a 128x128 tile fills an SM's registers, smaller ones share it.
+TILE_AREA_PER_SM = 128 * 128
+MAX_TILES_PER_SM = 8
 
 
 def kernel_code(name: object) -> float:
@@ -186,6 +210,46 @@ def flops(rows: Rows) -> np.ndarray:
     )
 
 
+def _physics_per_k(
+    b: np.ndarray,
+    m: np.ndarray,
+    n: np.ndarray,
+    units: np.ndarray,
+    peak_gflops: np.ndarray,
+    bandwidth_gbps: np.ndarray,
+    elem: np.ndarray,
+    tiles: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Wave-quantised tile roofline per unit of k, for each row's fastest candidate tile.
+
+    ``tiles`` is (candidates, 2, rows): tile_m and tile_n per candidate (NaN: no such candidate). Each tile
+    computes ``2 tm tn k`` FLOPs at the per-unit peak; the tiles of one wave share the DRAM bandwidth for
+    their ``(tm + tn) k`` operand elements; waves run one after another, the last one as long as a full one.
+    Every term is proportional to k, so the chosen tile does not depend on k and the time per k is k-free:
+    that keeps the physics time non-decreasing in k. Returns (ms per k, tile_m, tile_n, waves, wave
+    efficiency).
+    """
+    tm, tn = tiles[:, 0, :], tiles[:, 1, :]
+    per_unit = np.clip(np.floor(TILE_AREA_PER_SM / (tm * tn)), 1, MAX_TILES_PER_SM)
+    count = b * np.ceil(m / tm) * np.ceil(n / tn)
+    slots = units * per_unit
+    waves = count / slots
+    resident = np.minimum(count, slots)
+    t_compute = per_unit * 2.0 * tm * tn / (peak_gflops / units * 1e9) * 1e3
+    t_memory = resident * (tm + tn) * elem / (bandwidth_gbps * 1e9) * 1e3
+    per_k = np.ceil(waves) * np.maximum(t_compute, t_memory)
+    best = np.argmin(np.where(np.isnan(per_k), np.inf, per_k), axis=0)
+    pick = np.arange(per_k.shape[1])
+    chosen_waves = waves[best, pick]
+    return (
+        per_k[best, pick],
+        tm[best, pick],
+        tn[best, pick],
+        chosen_waves,
+        chosen_waves / np.ceil(chosen_waves),
+    )
+
+
 def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarray) -> dict[str, np.ndarray]:
     """The features that depend on k (:data:`INCREASING_IN_K` and ``outer_product``), from k, the element
     size and the k-free columns (sizes, beta, the device's peak, bandwidth, L2 and kind)."""
@@ -213,6 +277,13 @@ def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarra
         "log_t_memory_ms": np.log(t_memory),
         "log_roofline_ms": np.log(roofline),
         "log_baseline_ms": np.log(roofline + overhead * calls),
+        # The tile waves' time, plus writing C once and the call overhead: never below the roofline's
+        # compute time, and the time a runtime model is learned relative to (efficiency in (0, 1]).
+        "log_physics_ms": np.log(
+            k * np.exp(columns["log_physics_ms_per_k"])
+            + elem * b * m * n * (1.0 + (beta != 0)) / (bandwidth * 1e9) * 1e3
+            + overhead * calls
+        ),
         "intensity_over_ridge": np.log((total_flops / total_bytes) / (peak / bandwidth)),
         "footprint_over_l2": np.log(total_bytes / (columns["dev_l2_cache_mb"] * 1024 * 1024)),
         "min_dim_log": np.log2(np.minimum(np.minimum(m, n), k)),
@@ -287,6 +358,27 @@ def feature_matrix(rows: Rows, devices: Mapping[str, DeviceSpec]) -> np.ndarray:
     tile_n = np.where(~np.isnan(out["tile_n"]), out["tile_n"], np.where(~np.isnan(kt_n), kt_n, default_tile))
     tiles = b * np.ceil(m / tile_m) * np.ceil(n / tile_n)
     waves = tiles / effective_units
+    # The physics time's tile: the one the request names (tile fields, a kernel name's tile, or a CLTune
+    # work-group tile), otherwise on a GPU the fastest of the library's candidates, on a CPU the BLAS block.
+    named_m = np.where(~np.isnan(out["tile_m"]), out["tile_m"], np.where(~np.isnan(kt_m), kt_m, out["mwg"]))
+    named_n = np.where(~np.isnan(out["tile_n"]), out["tile_n"], np.where(~np.isnan(kt_n), kt_n, out["nwg"]))
+    named = ~np.isnan(named_m) & ~np.isnan(named_n)
+    fixed = named | (is_cpu == 1)
+    own_m = np.where(named, named_m, DEFAULT_CPU_TILE)
+    own_n = np.where(named, named_n, DEFAULT_CPU_TILE)
+    candidates = np.array(
+        [[own_m, own_n]]
+        + [[np.where(fixed, np.nan, tm_), np.where(fixed, np.nan, tn_)] for tm_, tn_ in GPU_TILES]
+    ).reshape(len(GPU_TILES) + 1, 2, n_rows)
+    candidates[0, :, ~fixed] = np.nan
+    (
+        per_k,
+        out["physics_tile_m"],
+        out["physics_tile_n"],
+        out["physics_waves"],
+        out["physics_wave_efficiency"],
+    ) = _physics_per_k(b, m, n, effective_units, peak, out["dev_memory_bandwidth_gbps"], elem, candidates)
+    out["log_physics_ms_per_k"] = np.log(per_k)
 
     out["log_m"], out["log_n"], out["log_batch"] = np.log2(m), np.log2(n), np.log2(b)
     out["tiles"] = tiles

@@ -1,0 +1,174 @@
+"""GEMM physics frame: bounded efficiency, the roofline floor, size-extrapolation flags and intervals,
+evaluation that scores what the service serves, and few-shot calibration of a new device."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from service.devices import DeviceCatalog
+from service.domains import gemm
+from service.features import gemm as features
+from service.model import TabularModel, list_versions
+from service.schemas.gemm import GemmInstance
+from service.settings import Settings
+from training.cli import app
+from training.data.gemm import load_gemm
+from training.evaluate import extrapolation_split, gemm_instances, served_predictions
+from training.models import publish
+from training.train import fit_gemm, gemm_card, publish_gemm
+
+DEVICES = ("Tesla T4", "NVIDIA A100-PCIE-40GB", "NVIDIA H100 80GB HBM3", "NVIDIA L4", "Tesla P4")
+
+
+def load_latest(model_dir: Path) -> TabularModel:
+    (path,) = list_versions(model_dir, "gemm")[-1:]
+    return TabularModel(path, features.FEATURE_VERSION, features.FEATURE_COLUMNS, features.with_k).load()
+
+
+def test_efficiency_stays_in_0_1_and_runtime_never_below_the_roofline(trained_model_dir: Path) -> None:
+    """Over devices seen and unseen and shapes from tiny to far beyond the training data, the served
+    runtime (and its interval's low end) is never below the roofline time, so utilization <= 1."""
+    model = load_latest(trained_model_dir)
+    catalog = DeviceCatalog.default()
+    sizes = (1, 7, 64, 1000, 4096, 65536)
+    instances = [
+        GemmInstance(m=m, n=n, k=k, batch=b, op=op, device=d)
+        for d, m, n, k, b, op in itertools.product(
+            DEVICES, sizes, sizes, (1, 33, 4096, 65536), (1, 8), ("bmm",)
+        )
+    ]
+    rows = {c: [getattr(i, c) for i in instances] for c in features.CONFIG_COLUMNS}
+    rows["device"] = [i.device for i in instances]
+    matrix = features.feature_matrix(rows, {d: catalog.get(d) for d in DEVICES})
+    roofline = np.exp(matrix[:, features.FEATURE_COLUMNS.index("log_roofline_ms")])
+    served = gemm.predict(instances, 0.9, model, catalog)
+    value = np.array([r["runtime_ms"]["value"] for r in served])
+    low = np.array([r["runtime_ms"]["low"] for r in served])
+    assert np.all(value >= roofline * (1 - 1e-9)) and np.all(low >= roofline * (1 - 1e-9))
+    efficiency = roofline / value
+    assert np.all((efficiency > 0) & (efficiency <= 1 + 1e-9))
+    utilization = np.array([r["utilization"][key] for r in served for key in ("value", "low", "high")])
+    assert np.all((utilization > 0) & (utilization <= 1 + 1e-9)), utilization.max()
+
+
+def test_physics_time_never_decreases_in_k_and_covers_the_roofline_compute_time() -> None:
+    catalog = DeviceCatalog.default()
+    ks = [1, 2, 3, 31, 32, 100, 4096, 100_000]
+    for device, m, n, b in itertools.product(DEVICES, (1, 100, 4096), (3, 1024), (1, 16)):
+        rows = {
+            "m": [m] * len(ks),
+            "n": [n] * len(ks),
+            "k": ks,
+            "batch": [b] * len(ks),
+            "device": [device] * len(ks),
+        }
+        matrix = features.feature_matrix(rows, {device: catalog.get(device)})
+        physics = matrix[:, features.FEATURE_COLUMNS.index("log_physics_ms")]
+        compute = matrix[:, features.FEATURE_COLUMNS.index("log_t_compute_ms")]
+        assert np.all(np.diff(physics) >= 0), (device, m, n, b)
+        assert np.all(physics >= compute - 1e-12)
+
+
+def test_a_gemm_larger_than_its_device_was_trained_on_is_flagged_and_widened(trained_model_dir: Path) -> None:
+    model = load_latest(trained_model_dir)
+    largest = model.card["profile"]["device_max_flops"]["Tesla T4"]
+    side = int(np.ceil((largest / 2) ** (1 / 3))) * 2
+    inside, beyond = gemm.predict(
+        [
+            GemmInstance(m=256, n=256, k=256, device="Tesla T4"),
+            GemmInstance(m=side, n=side, k=side, device="Tesla T4"),
+        ],
+        0.9,
+        model,
+        DeviceCatalog.default(),
+    )
+    assert not any("extrapolating" in r for r in inside["ood_reasons"])
+    assert beyond["out_of_distribution"] and any("extrapolating in size" in r for r in beyond["ood_reasons"])
+    target = model.targets["runtime_ms"]
+    assert "extrapolate" in target.calibration
+    spans = [r["runtime_ms"]["high"] / r["runtime_ms"]["value"] for r in (inside, beyond)]
+    assert spans[1] >= spans[0]
+
+
+def test_extrapolation_split_tests_each_devices_largest_gemms(settings: Settings) -> None:
+    frame = load_gemm("neusight-gemm", settings).frame.sample(5000, random_state=0)
+    train, test = extrapolation_split(frame)
+    assert len(train) + len(test) == len(frame) and set(test["device"]) == set(frame["device"])
+    flops_train = pd.Series(features.flops(train), index=train.index).groupby(train["device"]).max()
+    flops_test = pd.Series(features.flops(test), index=test.index).groupby(test["device"]).min()
+    assert (flops_test > flops_train).all()
+    assert 0.15 < len(test) / len(frame) < 0.25
+
+
+def test_evaluation_scores_exactly_what_the_service_returns(settings: Settings) -> None:
+    """The evaluation's held-out values and intervals equal those of the published model asked through
+    the service's domain with the same rows as requests, on a held-out device and a seen one."""
+    data = load_gemm("neusight-gemm", settings)
+    frame = data.frame.sample(2500, random_state=1)
+    train = frame.loc[frame["device"] != "Tesla T4"].iloc[:1500]
+    test = pd.concat([frame.loc[frame["device"] == "Tesla T4"].head(40), frame.drop(train.index).head(40)])
+    fit = fit_gemm(train, data.devices)
+    scored = served_predictions(fit, train, test, data.devices)
+    trained = {d: data.devices[d] for d in sorted(train["device"].unique())}
+    version = publish(settings.model_dir, "gemm", gemm_card(train, trained, [], 0.0), fit.models)
+    model = TabularModel(version, features.FEATURE_VERSION, features.FEATURE_COLUMNS, features.with_k).load()
+    requests = [json.loads(i.model_dump_json(exclude_none=True)) for i in gemm_instances(test)]
+    served = gemm.predict(
+        [GemmInstance.model_validate(r) for r in requests], 0.9, model, DeviceCatalog(data.devices.values())
+    )
+    runtime = scored.loc[scored["target"] == "runtime_ms"]
+    assert len(runtime) == len(test)
+    for key, column in (("value", "pred"), ("low", "low"), ("high", "high")):
+        np.testing.assert_array_equal(runtime[column].to_numpy(), [r["runtime_ms"][key] for r in served])
+    assert runtime["ood"].tolist() == [r["out_of_distribution"] for r in served]
+
+
+@pytest.fixture
+def gpperf_model(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key, value in (
+        ("PERFCOST_DATA_MIRROR", settings.data_mirror),
+        ("PERFCOST_DATA_HOME", settings.data_home),
+        ("PERFCOST_MODEL_DIR", settings.model_dir),
+    ):
+        monkeypatch.setenv(key, str(value))
+    publish_gemm([load_gemm("gpperf-rtx4070-tiled", settings)], settings)
+    return settings
+
+
+def test_calibrate_publishes_a_version_that_knows_the_new_device(
+    gpperf_model: Settings, tmp_path: Path
+) -> None:
+    """32 measured T4 rows turn a model that knew only the RTX 4070 into one that serves T4 as seen,
+    with the rows and their file's sha256 in the card."""
+    settings = gpperf_model
+    t4 = load_gemm("neusight-gemm", settings).frame.query("device == 'Tesla T4'").sample(32, random_state=0)
+    sweep = tmp_path / "sweep.csv"
+    t4[["op", "batch", "m", "n", "k", "runtime_ms"]].to_csv(sweep, index=False)
+    before = load_latest(settings.model_dir)
+    result = CliRunner().invoke(app, ["calibrate", "gemm", "--device", "Tesla T4", "--from", str(sweep)])
+    assert result.exit_code == 0, result.output
+    after = load_latest(settings.model_dir)
+    assert after.version != before.version and after.card["calibrated_from"] == before.version
+    (entry,) = after.card["calibrations"]
+    assert entry["device"] == "Tesla T4" and len(entry["rows"]) == 32 and len(entry["sha256"]) == 64
+    assert "Tesla T4" in after.targets["runtime_ms"].devices
+    row = gemm.predict(
+        [GemmInstance(m=512, n=512, k=512, device="Tesla T4")], 0.9, after, DeviceCatalog.default()
+    )[0]
+    assert not any("training devices" in r for r in row["ood_reasons"]) and row["runtime_ms"] is not None
+
+
+def test_calibrate_refuses_an_unknown_device_naming_the_option(
+    gpperf_model: Settings, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep.csv"
+    sweep.write_text("m,n,k,runtime_ms\n64,64,64,0.1\n")
+    result = CliRunner().invoke(app, ["calibrate", "gemm", "--device", "No Such GPU", "--from", str(sweep)])
+    assert result.exit_code != 0 and "--device" in result.output and "No Such GPU" in result.output

@@ -404,31 +404,39 @@ def _atomic_write(path: Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
-def _valid_row(fields: list[str]) -> bool:
-    if len(fields) != len(COLUMNS) or not fields[0]:
+# Measured columns that may be blank (not measured), but when present must be finite and >= 0.
+OPTIONAL_MEASURES = ("power_w", "energy_j")
+
+
+def _valid_row(fields: list[str], columns: tuple[str, ...]) -> bool:
+    if len(fields) != len(columns) or not fields[0]:
         return False
+    row = dict(zip(columns, fields, strict=True))
     try:
-        runtime = float(fields[COLUMNS.index("runtime_ms")])
+        runtime = float(row["runtime_ms"])
+        optional = [float(row[c]) for c in OPTIONAL_MEASURES if row.get(c)]
     except ValueError:
         return False
-    return math.isfinite(runtime) and runtime > 0
+    return math.isfinite(runtime) and runtime > 0 and all(math.isfinite(v) and v >= 0 for v in optional)
 
 
-def recover_measurements(path: Path) -> dict[str, dict[str, str]]:
-    """Rows already in ``path`` by key, after repairing the file: a missing or half-written header is
-    written, and a partially written last line, malformed lines and repeated keys are dropped (the file
-    is rewritten atomically). A header with other columns is refused rather than overwritten."""
+def recover_measurements(path: Path, columns: tuple[str, ...] = COLUMNS) -> dict[str, dict[str, str]]:
+    """Rows already in ``path`` (a collector's CSV of ``columns``, the key first) by key, after repairing
+    the file: a missing or half-written header is written, and a partially written last line, malformed
+    lines and repeated keys are dropped (the file is rewritten atomically). A header with other columns
+    is refused rather than overwritten."""
+    header = ",".join(columns)
     raw = path.read_bytes() if path.exists() else b""
     lines = raw.decode("utf-8", errors="replace").split("\n")
     partial = lines.pop()  # the text after the last newline: "" unless a write was cut short
     if not lines:  # empty file or a header cut short: nothing to keep
         if partial:
             log.warning("%s: dropping a partially written header", path)
-        _atomic_write(path, HEADER + "\n")
+        _atomic_write(path, header + "\n")
         return {}
-    if lines[0] != HEADER:
+    if lines[0] != header:
         raise CollectError(
-            f"{path} has columns {lines[0][:200]!r}, not the collector's {HEADER!r}; "
+            f"{path} has columns {lines[0][:200]!r}, not the collector's {header!r}; "
             "move it away or pass a different --out"
         )
     rows: dict[str, dict[str, str]] = {}
@@ -436,12 +444,12 @@ def recover_measurements(path: Path) -> dict[str, dict[str, str]]:
     malformed = duplicates = 0
     for line in lines[1:]:
         fields = next(csv.reader([line]), [])
-        if not _valid_row(fields):
+        if not _valid_row(fields, columns):
             malformed += 1
         elif fields[0] in rows:
             duplicates += 1
         else:
-            rows[fields[0]] = dict(zip(COLUMNS, fields, strict=True))
+            rows[fields[0]] = dict(zip(columns, fields, strict=True))
             kept.append(line)
     if partial or malformed or duplicates:
         log.warning(
@@ -452,19 +460,20 @@ def recover_measurements(path: Path) -> dict[str, dict[str, str]]:
             duplicates,
             len(rows),
         )
-        _atomic_write(path, "\n".join([HEADER, *kept]) + "\n")
+        _atomic_write(path, "\n".join([header, *kept]) + "\n")
     return rows
 
 
 class RowWriter:
-    """Appends CSV rows, each with one ``write`` followed by ``fsync``."""
+    """Appends CSV rows of ``columns``, each with one ``write`` followed by ``fsync``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, columns: tuple[str, ...] = COLUMNS) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._columns = columns
 
     def append(self, row: dict[str, Any]) -> None:
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow([row[c] for c in COLUMNS])
+        csv.writer(buffer, lineterminator="\n").writerow([row[c] for c in self._columns])
         write_durably(self._fd, buffer.getvalue().encode("utf-8"))
 
     def close(self) -> None:

@@ -102,7 +102,7 @@ from training.collect import (
     _atomic_write,
     cli_errors,
     exclusive_lock,
-    write_durably,
+    recover_measurements,
 )
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,6 @@ COLUMNS = (
     "repeats",
     "measured_at",
 )
-HEADER = ",".join(COLUMNS)
 INSTALL_HINT = "pip install -e '.[gpu]'"
 # dtypes torch.matmul/bmm run on a CUDA device (int8 needs other entry points).
 GPU_DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -718,69 +717,6 @@ def make_backend(device_index: int) -> Backend:
 
 
 # --- the output directory --------------------------------------------------------------------------
-def _valid_row(fields: list[str]) -> bool:
-    if len(fields) != len(COLUMNS) or not fields[0]:
-        return False
-    row = dict(zip(COLUMNS, fields, strict=True))
-    try:
-        runtime = float(row["runtime_ms"])
-        optional = [float(row[c]) for c in ("power_w", "energy_j") if row[c]]
-    except ValueError:
-        return False
-    return math.isfinite(runtime) and runtime > 0 and all(math.isfinite(v) and v >= 0 for v in optional)
-
-
-def recover_measurements(path: Path) -> dict[str, dict[str, str]]:
-    """Rows already in ``path`` by key after repairing the file, as ``training.collect``'s function of
-    the same name does for its columns: a missing or torn header is written, a torn last line, malformed
-    lines and repeated keys are dropped (atomic rewrite); other columns are refused."""
-    raw = path.read_bytes() if path.exists() else b""
-    lines = raw.decode("utf-8", errors="replace").split("\n")
-    partial = lines.pop()
-    if not lines:
-        if partial:
-            log.warning("%s: dropping a partially written header", path)
-        _atomic_write(path, HEADER + "\n")
-        return {}
-    if lines[0] != HEADER:
-        raise CollectError(
-            f"{path} has columns {lines[0][:200]!r}, not the GPU collector's {HEADER!r}; "
-            "move it away or pass a different --out"
-        )
-    rows: dict[str, dict[str, str]] = {}
-    kept: list[str] = []
-    malformed = duplicates = 0
-    for line in lines[1:]:
-        fields = next(csv.reader([line]), [])
-        if not _valid_row(fields):
-            malformed += 1
-        elif fields[0] in rows:
-            duplicates += 1
-        else:
-            rows[fields[0]] = dict(zip(COLUMNS, fields, strict=True))
-            kept.append(line)
-    if partial or malformed or duplicates:
-        log.warning(
-            "%s: repairing: dropping %s%d malformed and %d duplicated lines; keeping %d rows",
-            path,
-            "a partially written last line, " if partial else "",
-            malformed,
-            duplicates,
-            len(rows),
-        )
-        _atomic_write(path, "\n".join([HEADER, *kept]) + "\n")
-    return rows
-
-
-class GpuRowWriter(RowWriter):
-    """``training.collect.RowWriter`` (one ``write`` + ``fsync`` per row) for this collector's columns."""
-
-    def append(self, row: dict[str, Any]) -> None:
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow([row[c] for c in COLUMNS])
-        write_durably(self._fd, buffer.getvalue().encode("utf-8"))
-
-
 def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
 
@@ -821,7 +757,7 @@ def run_collection(
     out.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out):
         path = out / MEASUREMENTS
-        existing = recover_measurements(path)
+        existing = recover_measurements(path, COLUMNS)
         device = DeviceSpec.model_validate(backend.device_spec().model_dump())
         recorded = {row["device"] for row in existing.values()}
         if recorded and recorded != {device.name}:
@@ -862,7 +798,7 @@ def run_collection(
         todo = [c for c in fits if c.key not in existing]
         done = len(fits) - len(todo)
         log.info("device %r; %d of %d configurations already measured", device.name, done, len(fits))
-        writer = GpuRowWriter(path)
+        writer = RowWriter(path, COLUMNS)
         measured = 0
         try:
             with Progress(

@@ -346,13 +346,15 @@ def test_recovery_drops_partial_malformed_and_duplicate_lines(tmp_path: Path) ->
     good = "k1,s,d,gemm,1,2,2,2,float32,nn,0.001,0.1,,,5,t"
     other = "k2,s,d,gemm,1,2,2,2,float32,nn,0.001,0.1,250.5,0.00025,5,t"
     negative = "k3,s,d,gemm,1,2,2,2,float32,nn,0.001,0.1,-1,0.1,5,t"
-    path.write_text("\n".join([collect_gpu.HEADER, good, "garbage", good, other, negative, "k4,s,d"]))
-    assert list(collect_gpu.recover_measurements(path)) == ["k1", "k2"]
-    assert path.read_text() == "\n".join([collect_gpu.HEADER, good, other]) + "\n"
+    path.write_text(
+        "\n".join([",".join(collect_gpu.COLUMNS), good, "garbage", good, other, negative, "k4,s,d"])
+    )
+    assert list(collect.recover_measurements(path, collect_gpu.COLUMNS)) == ["k1", "k2"]
+    assert path.read_text() == "\n".join([",".join(collect_gpu.COLUMNS), good, other]) + "\n"
     cpu = tmp_path / "cpu.csv"
     cpu.write_text(collect.HEADER + "\n")
-    with pytest.raises(collect.CollectError, match="not the GPU collector's"):
-        collect_gpu.recover_measurements(cpu)
+    with pytest.raises(collect.CollectError, match="not the collector's"):
+        collect.recover_measurements(cpu, collect_gpu.COLUMNS)
 
 
 def test_cli_run_with_a_fake_backend_writes_the_default_directory(

@@ -66,10 +66,6 @@ def training_data(card: dict[str, Any], settings: Settings) -> list[GemmData]:
     return loaded
 
 
-def earlier_calibrations(card: dict[str, Any]) -> list[dict[str, Any]]:
-    return list(card.get("calibrations", []))
-
-
 def calibration_frame(calibrations: list[dict[str, Any]]) -> pd.DataFrame:
     """Every calibration's rows, as stored in a card, in the normalised GEMM table."""
     frames = [pd.DataFrame.from_records(c["rows"]) for c in calibrations]
@@ -112,7 +108,8 @@ def calibrate_gemm_model(
         if col not in rows:
             rows[col] = np.nan
     rows = rows.loc[:, list(COLUMNS)]
-    kept = [c for c in earlier_calibrations(card) if c["device"] != device.name]
+    # A device calibrated again replaces its earlier rows; other devices' calibrations are kept.
+    kept = [c for c in card.get("calibrations", []) if c["device"] != device.name]
     frame, devices = merged(loaded)
     for recorded in card.get("devices", []):
         spec = DeviceSpec.model_validate(recorded)

@@ -180,16 +180,20 @@ def calibration_rows(held: pd.DataFrame, sweep: pd.DataFrame, count: int) -> pd.
     return held.index[chosen]
 
 
-def _group_device(frame: pd.DataFrame, devices: dict[str, DeviceSpec], calibrate: int) -> pd.DataFrame:
+def _group_device(
+    frame: pd.DataFrame, devices: dict[str, DeviceSpec], calibrate: int, extra: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Each device of ``frame`` held out in turn; training is the other devices' rows of ``frame`` and of
+    ``extra`` (other datasets), so the held-out device is unseen in every source."""
     names = sorted(frame["device"].unique())
     if len(names) < 3:
         raise DatasetError(f"group-device needs at least 3 devices, the data have {len(names)}")
     sweep = calibration_sweep() if calibrate else None
+    pool = frame if extra is None else pd.concat([frame, extra], ignore_index=True)
     parts = []
     for device in names:
-        held = frame["device"] == device
-        test = frame.loc[held]
-        train = frame.loc[~held]
+        test = frame.loc[frame["device"] == device]
+        train = pool.loc[pool["device"] != device]
         if sweep is not None:
             shots = calibration_rows(test, sweep, calibrate)
             train = pd.concat([train, test.loc[shots]])
@@ -216,29 +220,36 @@ def evaluate_gemm_dataset(
         raise DatasetError("--calibrate applies to the group-device protocol only")
     if protocol == "transfer" and not train_datasets:
         raise DatasetError("the transfer protocol needs --train-dataset (the data to train on)")
-    if train_datasets and protocol != "transfer":
-        raise DatasetError("--train-dataset applies to the transfer protocol only")
+    if train_datasets and protocol not in ("transfer", "group-device"):
+        raise DatasetError("--train-dataset applies to the transfer and group-device protocols only")
+    if name in train_datasets:
+        raise DatasetError(f"--train-dataset {name} is the evaluated dataset itself")
     data = load_gemm(name, settings)
     frame, devices = data.frame, dict(data.devices)
+    extra = None
+    if train_datasets:
+        extra, extra_devices = merged([load_gemm(d, settings) for d in train_datasets])
+        devices = extra_devices | devices
     if protocol == "random":
         train, test = train_test_split(frame, test_size=0.2, random_state=0)
         predictions = _held_out(train, test, devices)
         n_train = len(train)
     elif protocol == "group-device":
-        predictions = _group_device(frame, devices, calibrate)
+        predictions = _group_device(frame, devices, calibrate, extra)
         n_train = int(len(frame) * (frame["device"].nunique() - 1) / frame["device"].nunique())
+        n_train += 0 if extra is None else len(extra)
     elif protocol == "extrapolate":
         train, test = extrapolation_split(frame)
         predictions = _held_out(train, test, devices)
         n_train = len(train)
-    elif protocol == "transfer":
-        train, devices = merged([load_gemm(d, settings) for d in train_datasets])
-        devices |= data.devices
-        predictions = _held_out(train, frame, devices)
-        n_train = len(train)
+    elif protocol == "transfer" and extra is not None:
+        predictions = _held_out(extra, frame, devices)
+        n_train = len(extra)
     else:
         raise DatasetError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
     label = protocol + (f"+calibrate{calibrate}" if calibrate else "")
+    if protocol == "group-device" and train_datasets:
+        label += "+with-" + "+".join(train_datasets)
     metrics = summarize(predictions, name, label, n_train)
     if train_datasets:
         metrics["train_datasets"] = list(train_datasets)
@@ -343,7 +354,12 @@ def evaluate_gemm(
         ),
     ] = 0,
     train_dataset: Annotated[
-        list[str] | None, typer.Option("--train-dataset", help="transfer: dataset(s) to train on")
+        list[str] | None,
+        typer.Option(
+            "--train-dataset",
+            help="transfer: dataset(s) to train on; group-device: dataset(s) added to each fold's "
+            "training, without the held-out device's rows",
+        ),
     ] = None,
 ) -> None:
     """Evaluate GEMM models on held-out data as the service serves them; print a table next to the

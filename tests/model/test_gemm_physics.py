@@ -18,8 +18,10 @@ from service.features import gemm as features
 from service.model import TabularModel, list_versions
 from service.schemas.gemm import GemmInstance
 from service.settings import Settings
+from training import evaluate
 from training.cli import app
 from training.data.gemm import load_gemm
+from training.data.registry import DatasetError
 from training.evaluate import extrapolation_split, gemm_instances, served_predictions
 from training.models import publish
 from training.train import fit_gemm, gemm_card, publish_gemm
@@ -172,3 +174,43 @@ def test_calibrate_refuses_an_unknown_device_naming_the_option(
     sweep.write_text("m,n,k,runtime_ms\n64,64,64,0.1\n")
     result = CliRunner().invoke(app, ["calibrate", "gemm", "--device", "No Such GPU", "--from", str(sweep)])
     assert result.exit_code != 0 and "--device" in result.output and "No Such GPU" in result.output
+
+
+def test_group_device_keeps_the_held_out_device_out_of_every_training_source(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With other datasets added to training, a device held out of one dataset is absent from the rows of
+    every dataset it is trained on, and its own rows are the whole test."""
+    deepbench = load_gemm("deepbench", settings)
+    neusight = load_gemm("neusight-gemm", settings).frame.sample(3000, random_state=0)
+    folds: list[tuple[pd.DataFrame, pd.DataFrame]] = []
+
+    def record(train: pd.DataFrame, test: pd.DataFrame, devices: object) -> pd.DataFrame:
+        folds.append((train, test))
+        return test
+
+    monkeypatch.setattr(evaluate, "_held_out", record)
+    evaluate._group_device(deepbench.frame, dict(deepbench.devices), 0, neusight)
+    assert len(folds) == deepbench.frame["device"].nunique()
+    shared = set(deepbench.frame["device"]) & set(neusight["device"])
+    assert shared, "the check needs a device both datasets hold"
+    for train, test in folds:
+        (held,) = set(test["device"])
+        assert held not in set(train["device"])
+        assert len(test) == int((deepbench.frame["device"] == held).sum())
+        assert set(train["source"]) == {"deepbench", "neusight-gemm"}
+
+
+@pytest.mark.parametrize(
+    ("protocol", "train_datasets", "message"),
+    [
+        ("random", ["neusight-gemm"], "applies to the transfer and group-device protocols only"),
+        ("group-device", ["deepbench"], "--train-dataset deepbench is the evaluated dataset itself"),
+        ("transfer", [], "the transfer protocol needs --train-dataset"),
+    ],
+)
+def test_evaluation_refuses_a_training_source_that_does_not_fit_the_protocol(
+    settings: Settings, protocol: str, train_datasets: list[str], message: str
+) -> None:
+    with pytest.raises(DatasetError, match=message):
+        evaluate.evaluate_gemm_dataset("deepbench", protocol, settings, train_datasets=train_datasets)

@@ -32,11 +32,13 @@ RUN apt-get update && apt-get install --yes --no-install-recommends libgomp1 && 
 RUN useradd --create-home --uid 10001 perfcost
 WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build --chown=perfcost:perfcost /app /app
+# The service and its models only: serving needs no training code (python -m service never imports it).
+COPY --from=build --chown=perfcost:perfcost /app/service /app/service
+COPY --from=build --chown=perfcost:perfcost /app/models /app/models
 ENV PATH=/opt/venv/bin:$PATH PERFCOST_MODEL_DIR=/app/models PERFCOST_HOST=0.0.0.0 PERFCOST_PORT=8000
 USER perfcost
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s --start-period=20s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
-# perfcost serve runs uvicorn on service.app:app_from_env with the limits and timeouts of the settings.
-ENTRYPOINT ["perfcost", "serve", "--no-train-if-empty"]
+# The service's entry point: uvicorn on service.app:app_from_env with the limits and timeouts of the settings.
+ENTRYPOINT ["python", "-m", "service"]

@@ -146,13 +146,13 @@ def sequential_mlir_ms(url: str, text: str, requests: int) -> list[float]:
 
 
 def in_process_seconds(model_dir: Path, rows: list[dict], repeats: int) -> float:
-    from service.app import FEATURES
     from service.devices import DeviceCatalog
     from service.domains import gemm
+    from service.domains.contracts import DOMAINS
     from service.registry import ModelRegistry
     from service.schemas.gemm import GemmInstance
 
-    model = ModelRegistry(model_dir, FEATURES).reload().get("gemm")
+    model = ModelRegistry(model_dir, DOMAINS).reload().get("gemm")
     if model is None:
         raise SystemExit(f"no gemm model in {model_dir}")
     catalog = DeviceCatalog.default()

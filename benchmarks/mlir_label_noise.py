@@ -21,14 +21,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from training.collect_mlir import (
-    ENVIRONMENT_FILE,
-    PROGRAMS,
-    BenchSettings,
-    ProgramSpec,
-    measure_program,
-    read_records,
-)
+from training.collect.mlir.iree import BenchSettings, measure_program
+from training.collect.mlir.records import ENVIRONMENT_FILE, PROGRAMS, read_records
+from training.collect.mlir.sweep import ProgramSpec
 
 log = logging.getLogger("mlir_label_noise")
 

@@ -30,11 +30,8 @@ from starlette.responses import Response
 from service import __version__
 from service.batching import MicroBatcher
 from service.devices import DeviceCatalog
-from service.domains import mlir as mlir_domain
-from service.features import cpu as cpu_features
-from service.features import gemm as gemm_features
-from service.features import mlir as mlir_features
-from service.registry import FeatureSpec, ModelRegistry
+from service.domains.contracts import DOMAINS
+from service.registry import ModelRegistry
 from service.routers import cpu, gemm, health, mlir, models
 from service.routing import add_body_schemas
 from service.settings import Settings
@@ -46,14 +43,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-FEATURES = {
-    "gemm": FeatureSpec(
-        gemm_features.FEATURE_VERSION, gemm_features.FEATURE_COLUMNS, at_split=gemm_features.with_k
-    ),
-    "cpu": FeatureSpec(cpu_features.FEATURE_VERSION, cpu_features.FEATURE_COLUMNS),
-    "mlir": FeatureSpec(mlir_features.FEATURE_VERSION, mlir_features.FEATURE_COLUMNS, mlir_domain.check_card),
-}
 
 
 class Metrics:
@@ -199,9 +188,27 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
+def _answer_errors_by_field(app: FastAPI) -> None:
+    """Every client error, validation or HTTP, is answered as ``{"detail": [{"field", "reason"}]}``."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [{"field": _field_path(e), "reason": _reason(e)} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = (
+            exc.detail if isinstance(exc.detail, list) else [{"field": "path", "reason": str(exc.detail)}]
+        )
+        return JSONResponse(
+            {"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    registry = ModelRegistry(settings.model_dir, FEATURES)
+    registry = ModelRegistry(settings.model_dir, DOMAINS)
     catalog = DeviceCatalog.default(settings.device_dir)
     metrics = Metrics()
 
@@ -259,20 +266,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = [{"field": _field_path(e), "reason": _reason(e)} for e in exc.errors()]
-        return JSONResponse({"detail": detail}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = (
-            exc.detail if isinstance(exc.detail, list) else [{"field": "path", "reason": str(exc.detail)}]
-        )
-        return JSONResponse(
-            {"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
-        )
-
+    _answer_errors_by_field(app)
     app.add_middleware(
         LimitsAndMetrics,
         max_body=settings.max_body_bytes,

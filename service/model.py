@@ -16,14 +16,17 @@ import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import joblib
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from service.cards import Card, parse_card
+
 log = logging.getLogger(__name__)
+C = TypeVar("C", bound=Card)
 
 CARD = "card.json"
 # Calibration grids hold |log residual| quantiles at these levels; coverage is interpolated between them.
@@ -133,6 +136,24 @@ class Split:
     at_split: Callable[[np.ndarray, float], np.ndarray]
 
 
+def split_cap(
+    part: np.ndarray,
+    column: int,
+    value: float,
+    capped_from: float,
+    at_split: Callable[[np.ndarray, float], np.ndarray],
+    upper_log: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Per feature row below a split: the upper model's log prediction for it at the split (``column``
+    set to ``value``), or +inf where uncapped (``column`` below ``capped_from``). The rule of a split
+    model, here alone: training calibrates the capped predictions it serves with this too."""
+    capped = part[:, column] >= capped_from
+    cap = np.full(len(part), np.inf)
+    if capped.any():
+        cap[capped] = upper_log(at_split(part[capped], value))
+    return cap
+
+
 @dataclass
 class TargetModel:
     name: str
@@ -173,10 +194,7 @@ class TargetModel:
         if not below.all():
             out[~below] = self._own_log(matrix[~below])
         part = matrix[below]
-        capped = part[:, split.column] >= split.capped_from
-        cap = np.full(len(part), np.inf)
-        if capped.any():
-            cap[capped] = self._own_log(split.at_split(part[capped], split.value))
+        cap = split_cap(part, split.column, split.value, split.capped_from, split.at_split, self._own_log)
         out[below] = np.minimum(split.model._own_log(part), cap)
         return out
 
@@ -254,23 +272,32 @@ class TabularModel:
         self.feature_columns = feature_columns
         # The feature module's map of feature rows to a split column's value, for split targets.
         self.at_split = at_split
+        # The card as written (what GET /v1/models shows) and as typed (what the code reads).
         self.card: dict[str, Any] = {}
+        self.meta: Card | None = None
         self.targets: dict[str, TargetModel] = {}
         # Data a domain derives from the card once per loaded version (e.g. parsed device specs).
         self.cache: dict[str, Any] = {}
 
     @property
     def name(self) -> str:
-        return str(self.card.get("name", self.path.parent.name))
+        return self.meta.name if self.meta is not None else self.path.parent.name
 
     @property
     def version(self) -> str:
-        return str(self.card.get("version", self.path.name))
+        return self.meta.version if self.meta is not None else self.path.name
 
-    def _verified_files(self) -> dict[str, Path]:
+    def typed_card(self, card_type: type[C]) -> C:
+        """The card as a domain's type (see :mod:`service.cards`), parsed once per loaded version."""
+        key = f"card:{card_type.__name__}"
+        if key not in self.cache:
+            self.cache[key] = parse_card(self.card, card_type)
+        typed: C = self.cache[key]
+        return typed
+
+    def _verified_files(self, meta: Card) -> dict[str, Path]:
         """Every file the card lists, each checked against its sha256 (also those serving does not read)."""
-        files = self.card.get("files", {})
-        return {filename: self._verified(filename, sha) for filename, sha in files.items()}
+        return {filename: self._verified(filename, sha) for filename, sha in meta.files.items()}
 
     def _verified(self, filename: str, expected: str) -> Path:
         path = (self.path / filename).resolve()
@@ -339,22 +366,26 @@ class TabularModel:
     def load(self) -> TabularModel:
         card_path = self.path / CARD
         try:
-            self.card = json.loads(card_path.read_text())
+            raw = json.loads(card_path.read_text())
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"{card_path}: cannot read the model card: {exc}") from exc
-        if self.card.get("feature_version") != self.feature_version:
+        feature_version = raw.get("feature_version") if isinstance(raw, dict) else None
+        if feature_version != self.feature_version:
             raise ModelLoadError(
-                f"{self.path}: trained with features {self.card.get('feature_version')!r}, "
-                "this service computes "
+                f"{self.path}: trained with features {feature_version!r}, this service computes "
                 f"{self.feature_version!r}; retrain the model"
             )
-        if tuple(self.card.get("feature_columns", ())) != self.feature_columns:
+        try:
+            meta = parse_card(raw, Card)
+        except ValueError as exc:
+            raise ModelLoadError(f"{card_path}: {exc}") from exc
+        if meta.feature_columns != self.feature_columns:
             raise ModelLoadError(
                 f"{self.path}: the card's feature columns differ from the feature module's; retrain"
             )
-        paths = self._verified_files()
+        paths = self._verified_files(meta)
         targets = {}
-        for name, spec in self.card.get("targets", {}).items():
+        for name, spec in meta.targets.items():
             target = self._target(name, spec, paths)
             if "below" in spec:
                 below = spec["below"]
@@ -378,7 +409,7 @@ class TabularModel:
             targets[name] = target
         if not targets:
             raise ModelLoadError(f"{self.path}: the card lists no targets")
-        self.targets = targets
+        self.card, self.meta, self.targets = raw, meta, targets
         return self
 
     def predict(

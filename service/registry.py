@@ -1,9 +1,10 @@
 """Model registry over a directory: the newest good version of each model, swapped atomically on reload.
 
-Each model name maps to a feature module (its domain). A version that fails to load (missing or tampered
-file, feature mismatch) is refused and recorded; the newest version that loads is served, so a bad
-publish never takes down a good model. Requests take one :class:`Snapshot` and use it throughout, so a
-reload in the middle of a request can neither fail it nor mix versions.
+Each model's card names its domain, whose contract (:mod:`service.domains.contracts`) it must meet.
+A version that fails to load (missing or tampered file, feature mismatch) is refused and recorded; the
+newest version that loads is served, so a bad publish never takes down a good model. Requests take one
+:class:`Snapshot` and use it throughout, so a reload in the middle of a request can neither fail it nor
+mix versions.
 """
 
 from __future__ import annotations
@@ -12,29 +13,15 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import numpy as np
-
+from service.domains.contracts import Domain
 from service.model import CARD, ModelLoadError, TabularModel, list_versions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    version: str
-    columns: tuple[str, ...]
-    # What a domain needs from the card beyond the columns (e.g. fitted figures its features use):
-    # raises ValueError saying what is wrong, so the version is refused at load, not at the first request.
-    check_card: Callable[[dict[str, Any]], object] | None = None
-    # Feature rows with one column set to a value, recomputing what depends on it (GEMM: k), for models
-    # whose targets are split on that column.
-    at_split: Callable[[np.ndarray, float], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +44,7 @@ class Snapshot:
 @dataclass
 class ModelRegistry:
     model_dir: Path
-    features: dict[str, FeatureSpec]
+    domains: dict[str, Domain]
     _snapshot: Snapshot = field(default_factory=lambda: Snapshot(MappingProxyType({})))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -78,12 +65,12 @@ class ModelRegistry:
             if current is not None and version_dir.name == current.version:
                 return current
             domain = self._domain_of(version_dir)
-            spec = self.features.get(domain or "")
+            spec = self.domains.get(domain or "")
             if spec is None:
                 refused.append(Refusal(name, version_dir.name, f"card names unknown domain {domain!r}"))
                 continue
             try:
-                model = TabularModel(version_dir, spec.version, spec.columns, spec.at_split).load()
+                model = TabularModel(version_dir, spec.feature_version, spec.columns, spec.at_split).load()
                 if spec.check_card is not None:
                     try:
                         spec.check_card(model.card)

@@ -21,11 +21,13 @@ import pandas as pd
 import typer
 from rich.console import Console
 
+from service.cards import GemmCard, parse_card
 from service.devices import DeviceCatalog, DeviceError, DeviceSpec, read_device_file
 from service.model import CARD, file_sha256, list_versions
 from service.settings import Settings
-from training.data.gemm import COLUMNS, GemmData, LoadReport, load_gemm, load_measurements
+from training.data.gemm import COLUMNS, GemmData, load_gemm, load_measurements
 from training.data.registry import DatasetError
+from training.data.report import LoadReport
 from training.models import publish
 from training.train import dataset_entry, fit_gemm, gemm_card, merged
 
@@ -33,33 +35,36 @@ log = logging.getLogger(__name__)
 app = typer.Typer(help="Adapt a published model to your own device's measurements.", no_args_is_help=True)
 
 
-def latest_card(settings: Settings, name: str) -> dict[str, Any]:
+def latest_card(settings: Settings, name: str) -> GemmCard:
     versions = list_versions(settings.model_dir, name)
     if not versions:
         raise DatasetError(
             f"no published {name!r} model in {settings.model_dir}: run 'perfcost train gemm' first"
         )
-    card: dict[str, Any] = json.loads((versions[-1] / CARD).read_text())
-    if card.get("domain") != "gemm":
-        raise DatasetError(f"model {name!r} version {card.get('version')} is not a GEMM model")
-    return card
+    raw = json.loads((versions[-1] / CARD).read_text())
+    if not isinstance(raw, dict) or raw.get("domain") != "gemm":
+        raise DatasetError(f"model {name!r} version {versions[-1].name} is not a GEMM model")
+    try:
+        return parse_card(raw, GemmCard)
+    except ValueError as exc:
+        raise DatasetError(f"model {name!r} version {versions[-1].name}: {exc}") from exc
 
 
-def training_data(card: dict[str, Any], settings: Settings) -> list[GemmData]:
+def training_data(card: GemmCard, settings: Settings) -> list[GemmData]:
     """The datasets the version was trained on, reloaded (and checked) through the registry."""
     loaded = []
-    for entry in card.get("datasets", []):
+    for entry in card.datasets:
         try:
             data = load_gemm(entry["name"], settings)
         except DatasetError as exc:
             raise DatasetError(
-                f"version {card.get('version')} was trained on {entry['name']!r}, which cannot be reloaded "
+                f"version {card.version} was trained on {entry['name']!r}, which cannot be reloaded "
                 f"({exc}); retrain with 'perfcost train gemm' on data the registry knows, then calibrate"
             ) from exc
         recorded = {f["file"]: f["sha256"] for f in entry.get("files", [])}
         if recorded and recorded != {f["file"]: f["sha256"] for f in data.files}:
             raise DatasetError(
-                f"{entry['name']}: the files on disk differ from those version {card.get('version')} was "
+                f"{entry['name']}: the files on disk differ from those version {card.version} was "
                 "trained on; retrain with 'perfcost train gemm' first"
             )
         loaded.append(data)
@@ -109,10 +114,9 @@ def calibrate_gemm_model(
             rows[col] = np.nan
     rows = rows.loc[:, list(COLUMNS)]
     # A device calibrated again replaces its earlier rows; other devices' calibrations are kept.
-    kept = [c for c in card.get("calibrations", []) if c["device"] != device.name]
+    kept = [c for c in card.calibrations if c["device"] != device.name]
     frame, devices = merged(loaded)
-    for recorded in card.get("devices", []):
-        spec = DeviceSpec.model_validate(recorded)
+    for spec in card.devices:
         devices.setdefault(spec.name, spec)
     devices[device.name] = device
     frame = pd.concat([frame, calibration_frame(kept), rows], ignore_index=True)
@@ -130,7 +134,7 @@ def calibrate_gemm_model(
         [dataset_entry(d) for d in loaded],
         time.perf_counter() - started,
         calibrations=[*kept, this],
-        calibrated_from=card.get("version"),
+        calibrated_from=card.version,
     )
     path = publish(settings.model_dir, name, new_card, fit.models)
     return path.name, len(rows)

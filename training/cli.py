@@ -6,16 +6,20 @@ import logging
 
 import typer
 
-from training import calibrate, collect, collect_gpu, data, evaluate, serve, train
+from training import calibrate, cpu, data, evaluate, mlir, serve, train
+from training.collect.cli import app as collect_app
 
 app = typer.Typer(
     help="Predict compute cost before running it: data, collect, train, evaluate, serve.",
     no_args_is_help=True,
 )
 app.add_typer(data.app, name="data")
-app.add_typer(collect.app, name="collect")
-collect.app.command("gpu-gemm")(collect_gpu.gpu_gemm)
-app.add_typer(train.app, name="train")
+app.add_typer(collect_app, name="collect")
+train_app = typer.Typer(help="Fit models and publish them into PERFCOST_MODEL_DIR.", no_args_is_help=True)
+train_app.command("gemm")(train.train_gemm)
+train_app.command("cpu")(cpu.train_cpu)
+train_app.command("mlir")(mlir.train_mlir)
+app.add_typer(train_app, name="train")
 app.add_typer(evaluate.app, name="evaluate")
 app.add_typer(calibrate.app, name="calibrate")
 app.command("serve")(serve.serve)

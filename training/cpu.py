@@ -13,14 +13,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import typer
+from rich.console import Console
 from sklearn.model_selection import GroupShuffleSplit, KFold, train_test_split
 
 from service.features import cpu as cpu_features
@@ -28,7 +26,8 @@ from service.model import halfwidth
 from service.settings import Settings
 from training.data.cpu import SCORE, SUITES, SpecData, load_ncpp, load_spec_cpu2017, load_uci_hardware
 from training.data.registry import DatasetError, get_spec
-from training.evaluate import point_metrics
+from training.evaluation.metrics import interval_coverage, point_metrics, summarize
+from training.evaluation.plots import error_bars, pred_vs_measured
 from training.models import CostRegressor, publish
 
 log = logging.getLogger(__name__)
@@ -149,40 +148,14 @@ def split_suite(frame: pd.DataFrame, protocol: str) -> tuple[pd.DataFrame, pd.Da
     raise DatasetError(f"unknown protocol {protocol!r} for spec-cpu2017; choose from random, group-model")
 
 
-def _interval_coverage(rows: pd.DataFrame) -> float:
-    return float(np.mean((rows["true"] >= rows["low"]) & (rows["true"] <= rows["high"])))
-
-
 def summarize_cpu(
     predictions: pd.DataFrame, dataset: str, protocol: str, n_train: int, n_test: int
 ) -> dict[str, Any]:
-    """The GEMM metrics.json shape (targets, groups) plus a per-suite summary under "suites"."""
-    metrics: dict[str, Any] = {
-        "dataset": dataset,
-        "protocol": protocol,
-        "n_train": n_train,
-        "n_test": n_test,
-        "targets": {},
-        "groups": {},
-        "suites": {},
-    }
-    for target, rows in predictions.groupby("target", sort=False):
-        entry = {
-            "model": rows["model"].iloc[0],
-            **point_metrics(rows["true"].to_numpy(), rows["pred"].to_numpy()),
-        }
-        entry["interval_coverage_90"] = _interval_coverage(rows)
-        entry["n_test"] = len(rows)
-        metrics["targets"][str(target)] = entry
-        for column, prefix in (("vendor", "vendor"), ("family", "family")):
-            for group, part in rows.groupby(column):
-                ape = np.abs(part["pred"] - part["true"]) / part["true"]
-                metrics["groups"].setdefault(f"{prefix}:{group}", {})[str(target)] = {
-                    "mape": float(ape.mean()),
-                    "median_ape": float(ape.median()),
-                    "n_test": len(part),
-                    "interval_coverage_90": _interval_coverage(part),
-                }
+    """The common metrics.json shape (targets, groups by vendor and family) plus a per-suite summary
+    under "suites"."""
+    header = {"dataset": dataset, "protocol": protocol, "n_train": n_train, "n_test": n_test}
+    metrics = summarize(predictions, header, [("vendor", "vendor"), ("family", "family")])
+    metrics["suites"] = {}
     for suite, rows in predictions.groupby("suite", sort=False):
         ratios = rows.loc[rows["column"] != SCORE]
         ape = np.abs(ratios["pred"] - ratios["true"]) / ratios["true"]
@@ -193,7 +166,7 @@ def summarize_cpu(
             "median_ape": float(ape.median()),
             "p90_ape": float(ape.quantile(0.9)),
             "within_10pct": float(np.mean(ape <= 0.10)),
-            "interval_coverage_90": _interval_coverage(ratios),
+            "interval_coverage_90": interval_coverage(ratios),
             "n_benchmarks": len(r2s),
         }
         if str(suite) in PUBLISHED:
@@ -513,31 +486,18 @@ def write_cpu_plots(predictions: pd.DataFrame, metrics: dict[str, Any], folder: 
     written = []
     for suite, rows in predictions.groupby("suite", sort=False):
         safe = target_stem(str(suite))
-        fig, ax = plt.subplots(figsize=(6, 6))
-        for column, part in rows.groupby("column", sort=False):
-            ax.scatter(part["true"], part["pred"], s=4, alpha=0.4, label=str(column))
-        lo, hi = rows[["true", "pred"]].min().min(), rows[["true", "pred"]].max().max()
-        ax.plot([lo, hi], [lo, hi], color="black", linewidth=1)
-        ax.set(xscale="log", yscale="log", xlabel="measured", ylabel="predicted")
         ape = np.abs(rows["pred"] - rows["true"]) / rows["true"]
-        ax.set_title(f"{metrics['dataset']} {suite} ({metrics['protocol']}): MAPE {ape.mean():.2%}")
-        if rows["column"].nunique() <= 15:
-            ax.legend(fontsize=6, markerscale=3)
+        title = f"{metrics['dataset']} {suite} ({metrics['protocol']})"
         path = folder / f"pred_vs_measured_{safe}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-
-        per_column = ape.groupby(rows["column"], sort=False).mean()
-        fig, ax = plt.subplots(figsize=(8, max(3, 0.3 * len(per_column))))
-        ax.barh([str(c) for c in per_column.index], 100 * per_column.to_numpy())
-        ax.set(
-            xlabel="MAPE (%)", title=f"{metrics['dataset']} {suite} ({metrics['protocol']}): error per target"
+        legend = rows["column"].nunique() <= 15
+        written.append(
+            pred_vs_measured(rows, "column", f"{title}: MAPE {ape.mean():.2%}", path, legend=legend)
         )
-        path = folder / f"error_by_target_{safe}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        per_column = ape.groupby(rows["column"], sort=False).mean()
+        errors = {str(c): float(v) for c, v in per_column.items()}
+        written.append(
+            error_bars(errors, f"{title}: error per target", folder / f"error_by_target_{safe}.png")
+        )
     return written
 
 
@@ -577,6 +537,16 @@ def summary_rows(metrics: dict[str, Any]) -> list[SuiteRow]:
             SuiteRow(target, t["r2"], t["mape"], t["interval_coverage_90"], a.get("bar", "-"), a.get("pass"))
         )
     return rows
+
+
+def train_cpu(name: Annotated[str, typer.Option(help="Model name in the registry")] = "cpu") -> None:
+    """Fit per-benchmark and suite-score models on all SPEC CPU2017 rows and publish one version."""
+    settings = Settings()
+    try:
+        path = train_cpu_model(settings, name)
+    except DatasetError as exc:
+        raise typer.BadParameter(str(exc), param_hint="PERFCOST_DATA_MIRROR / PERFCOST_DATA_HOME") from exc
+    Console().print(f"published [bold]{name}[/] version {path.name} to {path}")
 
 
 __all__ = ["SUITES", "evaluate_cpu_dataset", "summary_rows", "train_cpu_model", "write_cpu_plots"]

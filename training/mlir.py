@@ -10,14 +10,14 @@ training never saw; the service uses it for programs flagged out of distribution
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
+import typer
 from rich.console import Console
 from rich.table import Table
 from scipy.optimize import least_squares
@@ -31,7 +31,8 @@ from service.model import halfwidth
 from service.settings import Settings
 from training.data.mlir import DEFAULT_DIR, load_mlir, measured
 from training.data.registry import DatasetError
-from training.evaluate import plot_pred_vs_measured, point_metrics
+from training.evaluation.metrics import interval_coverage, point_metrics, summarize
+from training.evaluation.plots import pred_vs_measured, write_report
 from training.models import CANDIDATES, CostRegressor, publish
 
 log = logging.getLogger(__name__)
@@ -260,7 +261,7 @@ def _target_metrics(rows: pd.DataFrame) -> dict[str, Any]:
     )
     entry["r2"] = float(r2_score(true, pred)) if len(true) >= 2 else float("nan")
     entry["mae"] = float(mean_absolute_error(true, pred))
-    entry["interval_coverage_90"] = float(np.mean((true >= rows["low"]) & (true <= rows["high"])))
+    entry["interval_coverage_90"] = interval_coverage(rows)
     entry["n_test"] = len(rows)
     return entry
 
@@ -279,13 +280,11 @@ def summarize_mlir(
 ) -> dict[str, Any]:
     """The metrics.json document (the GEMM shape: targets, groups — here keyed by family — plus the
     measurement noise floor)."""
-    metrics: dict[str, Any] = {
+    header = {
         "dataset": dataset,
         "protocol": protocol,
         "n_train": n_train,
         "n_test": int((predictions["target"] == "runtime_ms").sum()),
-        "targets": {},
-        "groups": {},
         "noise_floor": {
             **_median_p90(frame, "runtime_spread"),
             **_median_p90(frame, "runtime_launch_spread"),
@@ -294,11 +293,7 @@ def summarize_mlir(
             "launches (None for data collected with one launch)",
         },
     }
-    for target, rows in predictions.groupby("target", sort=False):
-        metrics["targets"][target] = {"model": rows["model"].iloc[0], **_target_metrics(rows)}
-        for family, part in rows.groupby("family"):
-            metrics["groups"].setdefault(str(family), {})[target] = _target_metrics(part)
-    return metrics
+    return summarize(predictions, header, [("family", "")], _target_metrics, _target_metrics)
 
 
 def evaluate_mlir_dataset(
@@ -346,19 +341,19 @@ def evaluate_mlir_dataset(
 
 
 def write_mlir_plots(predictions: pd.DataFrame, metrics: dict[str, Any], folder: Path) -> list[Path]:
-    return [
-        plot_pred_vs_measured(rows, str(target), metrics, folder, by="family", offset=1e-3)
-        for target, rows in predictions.groupby("target", sort=False)
-    ]
+    written = []
+    for target, rows in predictions.groupby("target", sort=False):
+        m = metrics["targets"][target]
+        title = f"{metrics['dataset']} ({metrics['protocol']}): MAPE {m['mape']:.2%}, R² {m['r2']:.3f}"
+        path = folder / f"pred_vs_measured_{target}.png"
+        written.append(pred_vs_measured(rows, "family", title, path, str(target), offset=1e-3))
+    return written
 
 
 def evaluate_cli(directory: Path, protocol: str, settings: Settings) -> dict[str, Any]:
     """Body of ``perfcost evaluate mlir``: metrics.json, plots and a table."""
     metrics, predictions = evaluate_mlir_dataset(directory, protocol)
-    folder = settings.report_dir / metrics["dataset"] / protocol
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    write_mlir_plots(predictions, metrics, folder)
+    folder = write_report(settings.report_dir, metrics, predictions, write_mlir_plots)
     table = Table(
         title=f"{metrics['dataset']} / {protocol} (n_train={metrics['n_train']}, n_test={metrics['n_test']})"
     )
@@ -393,3 +388,18 @@ def evaluate_cli(directory: Path, protocol: str, settings: Settings) -> dict[str
     console.print(f"noise floor: {metrics['noise_floor']}")
     console.print(f"wrote {folder / 'metrics.json'} and plots")
     return metrics
+
+
+def train_mlir(
+    directory: Annotated[
+        str, typer.Option("--data", help="Directory holding programs.jsonl.gz from 'perfcost collect mlir'")
+    ] = "datasets/mlir-cpu-local",
+    name: Annotated[str, typer.Option(help="Model name in the registry")] = "mlir",
+) -> None:
+    """Fit runtime, instruction, vector-register, spill and utilization models on MLIR programs."""
+    settings = Settings()
+    try:
+        path = train_mlir_model(settings, Path(directory), name)
+    except DatasetError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from exc
+    Console().print(f"published [bold]{name}[/] version {path.name} to {path}")

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -35,21 +34,19 @@ import onnxruntime
 import pandas as pd
 import sklearn
 from joblib import Parallel, delayed
-from onnxmltools import convert_lightgbm
-from onnxmltools.convert.common.data_types import FloatTensorType
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.model_selection import GroupKFold, KFold
 
 from service.model import (
     CARD,
-    ONNX_FEATURE_NAMES,
-    ONNX_INPUT,
     calibration_grid,
     file_sha256,
     forest_predict,
     halfwidth,
+    split_cap,
 )
+from training.onnx_export import lightgbm_onnx
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +57,6 @@ CANDIDATES = ("lightgbm", "random_forest")
 REGIMES = ("seen", "unseen", "extrapolate")
 EXTRAPOLATE_QUANTILE = 0.8
 SIZE_COLUMN = "log_flops"
-# Lines of LightGBM's text model holding each tree's split thresholds and decision flags.
-THRESHOLDS = re.compile(r"^threshold=(.*)$", re.MULTILINE)
-DECISION_TYPES = re.compile(r"^decision_type=(.*)$", re.MULTILINE)
-TREE_SIZES = re.compile(r"^tree_sizes=.*\n", re.MULTILINE)
 
 
 def make_candidate(
@@ -189,21 +182,9 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         self.n_jobs = n_jobs
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None = None) -> CostRegressor:
-        if self.select_by not in REGIMES or self.select_by not in self.regimes:
-            raise ValueError(
-                f"select_by must be one of the computed regimes {self.regimes}, got {self.select_by!r}"
-            )
         y = np.asarray(y, dtype=float)
+        monotone = self._checked_monotone(X, len(y))
         n = len(y)
-        unknown = sorted(set(self.increasing) - set(X.columns))
-        if unknown:
-            raise ValueError(f"increasing names columns X does not have: {unknown}")
-        for role, column in (("baseline", self.baseline), ("floor", self.floor)):
-            if column is not None and column not in X.columns:
-                raise ValueError(f"{role} names a column X does not have: {column!r}")
-        monotone = [1 if c in self.increasing else 0 for c in X.columns] if self.increasing else None
-        if n < 10:
-            raise ValueError(f"need at least 10 rows to fit, got {n}")
         # Selection and calibration run on a seeded subsample of large data so that CV stays within
         # minutes; the chosen candidate is then refit on every row. Residuals of models fit on fewer rows
         # are, if anything, larger, so the intervals err wide rather than narrow.
@@ -212,12 +193,42 @@ class CostRegressor(RegressorMixin, BaseEstimator):
             cv_idx = np.sort(
                 np.random.default_rng(self.random_state).choice(n, self.max_cv_rows, replace=False)
             )
-        X_cv, y_cv = X.iloc[cv_idx], y[cv_idx]
-        trees = _tree_input(X)
-        g_cv = groups[cv_idx] if groups is not None else None
+        regimes = self._folds(X.iloc[cv_idx], y[cv_idx], groups[cv_idx] if groups is not None else None, n)
+        oofs = self._select(X, y, cv_idx, regimes, monotone)
+        self.calibration_ = {regime: calibration_grid(res) for regime, res in oofs.items()}
+        # Out-of-fold predictions of the chosen form (rows ``cv_rows_``), for a caller that post-processes
+        # predictions and must calibrate what it serves (SplitRegressor's cap).
+        self.cv_rows_ = cv_idx
+        self.oof_ = {regime: res + y[cv_idx] for regime, res in oofs.items()}
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        self.n_features_in_ = X.shape[1]
+        self._fit_deployed(X, y, monotone)
+        return self
+
+    def _checked_monotone(self, X: pd.DataFrame, n: int) -> list[int] | None:
+        """The monotone constraint per column of ``X``, after checking the arguments against ``X``."""
+        if self.select_by not in REGIMES or self.select_by not in self.regimes:
+            raise ValueError(
+                f"select_by must be one of the computed regimes {self.regimes}, got {self.select_by!r}"
+            )
+        unknown = sorted(set(self.increasing) - set(X.columns))
+        if unknown:
+            raise ValueError(f"increasing names columns X does not have: {unknown}")
+        for role, column in (("baseline", self.baseline), ("floor", self.floor)):
+            if column is not None and column not in X.columns:
+                raise ValueError(f"{role} names a column X does not have: {column!r}")
+        if n < 10:
+            raise ValueError(f"need at least 10 rows to fit, got {n}")
+        return [1 if c in self.increasing else 0 for c in X.columns] if self.increasing else None
+
+    def _folds(
+        self, X_cv: pd.DataFrame, y_cv: np.ndarray, g_cv: np.ndarray | None, n: int
+    ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+        """The CV folds of each regime that can be computed on these rows (``n``: all rows, before any
+        subsample)."""
         # Three folds on a subsample: the deployed-size LightGBM (2,000 rounds) makes each fold cost ~40 s
         # here, and five folds in each of two regimes pushed training on every GEMM dataset past 10 min.
-        n_splits = min(self.n_splits if n <= self.max_cv_rows else 3, len(cv_idx))
+        n_splits = min(self.n_splits if n <= self.max_cv_rows else 3, len(X_cv))
         regimes = {}
         if "seen" in self.regimes:
             regimes["seen"] = list(KFold(n_splits, shuffle=True, random_state=self.random_state).split(X_cv))
@@ -226,7 +237,7 @@ class CostRegressor(RegressorMixin, BaseEstimator):
             # Leave one device out; at most four folds on a subsample, five on full data.
             folds = min(n_groups, 4 if n > self.max_cv_rows else 5)
             regimes["unseen"] = list(GroupKFold(folds).split(X_cv, y_cv, g_cv))
-        if "extrapolate" in self.regimes and SIZE_COLUMN in X.columns:
+        if "extrapolate" in self.regimes and SIZE_COLUMN in X_cv.columns:
             train_part, test_part = extrapolation_fold(X_cv[SIZE_COLUMN].to_numpy(dtype=float), g_cv)
             # One size only (UCI SGEMM is all 2048^3): nothing to extrapolate to, so no such calibration.
             if min(len(train_part), len(test_part)) >= 10:
@@ -236,7 +247,18 @@ class CostRegressor(RegressorMixin, BaseEstimator):
                 f"select_by={self.select_by!r} cannot be computed here (unseen needs rows from at least "
                 f"three devices, extrapolate a {SIZE_COLUMN} column)"
             )
+        return regimes
 
+    def _select(
+        self,
+        X: pd.DataFrame,
+        y: np.ndarray,
+        cv_idx: np.ndarray,
+        regimes: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+        monotone: list[int] | None,
+    ) -> dict[str, np.ndarray]:
+        """Score every candidate in the selecting regime, keep the best (``best_name_``, ``baseline_``) and
+        return its out-of-fold log residuals in every regime."""
         # Each candidate learns the target as it is and, given a baseline column, relative to it (on
         # one RTX 4070's CUTLASS kernels the roofline ratio doubled LightGBM's error; on numpy's CPU GEMMs
         # it cut it by a tenth), labelled "name" and "name+column".
@@ -245,15 +267,16 @@ class CostRegressor(RegressorMixin, BaseEstimator):
             variants |= {f"{name}+{self.baseline}": (name, self.baseline) for name in self.candidates}
         self.cv_scores_: dict[str, dict[str, dict[str, float]]] = {label: {} for label in variants}
         oofs: dict[str, dict[str, np.ndarray]] = {label: {} for label in variants}
+        X_cv, y_cv, trees_cv = X.iloc[cv_idx], y[cv_idx], _tree_input(X).iloc[cv_idx]
 
         def cross_validate(label: str, regime: str) -> None:
             name, baseline = variants[label]
             # Configured for the full data, so CV scores the very estimator that would be deployed.
-            estimator = make_candidate(name, n, self.random_state, monotone, fit_rows=len(cv_idx))
+            estimator = make_candidate(name, len(y), self.random_state, monotone, fit_rows=len(cv_idx))
             base = _column(X_cv, baseline)
             started = time.perf_counter()
             # Folds fit in parallel processes, each LightGBM on one thread (see make_candidate).
-            oof = out_of_fold(estimator, trees.iloc[cv_idx], y_cv - base, regimes[regime], self.n_jobs)
+            oof = out_of_fold(estimator, trees_cv, y_cv - base, regimes[regime], self.n_jobs)
             residual = self._floored(oof + base, X_cv) - y_cv
             oofs[label][regime] = residual
             ape = ape_of_log(residual[np.isfinite(residual)])
@@ -273,15 +296,15 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         for regime in regimes:
             if regime != self.select_by:
                 cross_validate(best, regime)
-        self.calibration_ = {regime: calibration_grid(res) for regime, res in oofs[best].items()}
-        # Out-of-fold predictions of the chosen form (rows ``cv_rows_``), for a caller that post-processes
-        # predictions and must calibrate what it serves (SplitRegressor's cap).
-        self.cv_rows_ = cv_idx
-        self.oof_ = {regime: res + y_cv for regime, res in oofs[best].items()}
+        return oofs[best]
+
+    def _fit_deployed(self, X: pd.DataFrame, y: np.ndarray, monotone: list[int] | None) -> None:
+        """Fit the chosen form on every row (``estimator_``); on large data, recalibrate the seen regime
+        by split conformal."""
+        n = len(y)
+        trees = _tree_input(X)
         # The chosen form's estimator learns what its baseline (if any) does not explain.
         y = y - _column(X, self.baseline_)
-        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
-        self.n_features_in_ = X.shape[1]
         fit_idx = np.arange(n)
         held = np.array([], dtype=int)
         if n > self.max_cv_rows and "seen" in self.calibration_:
@@ -308,7 +331,6 @@ class CostRegressor(RegressorMixin, BaseEstimator):
                 y[held] + base_held
             )
             self.calibration_["seen"] = calibration_grid(residual)
-        return self
 
     def _predict_with(self, estimator: BaseEstimator, X: pd.DataFrame) -> np.ndarray:
         """The estimator's own output: the log target less the chosen baseline, if any."""
@@ -430,13 +452,14 @@ class SplitRegressor(RegressorMixin, BaseEstimator):
 
     def _cap(self, part: pd.DataFrame) -> np.ndarray:
         """Per row below the split: the upper model's log prediction at the split, or +inf where uncapped."""
-        floor = -np.inf if self.capped_from is None else self.capped_from
-        capped = part[self.column].to_numpy(dtype=float) >= floor
-        cap = np.full(len(part), np.inf)
-        if capped.any():
-            raised = self.at_split(part.loc[capped].to_numpy(dtype=float), self.value)
-            cap[capped] = self.upper_.predict(pd.DataFrame(raised, columns=part.columns))
-        return cap
+        return split_cap(
+            part.to_numpy(dtype=float),
+            list(part.columns).index(self.column),
+            self.value,
+            -np.inf if self.capped_from is None else self.capped_from,
+            self.at_split,
+            lambda raised: self.upper_.predict(pd.DataFrame(raised, columns=part.columns)),
+        )
 
     def _calibrate_capped(self, lower: CostRegressor, X: pd.DataFrame, y: np.ndarray) -> None:
         """The lower part's intervals from its out-of-fold predictions as served, i.e. capped. On GPUs the
@@ -480,39 +503,6 @@ class SplitRegressor(RegressorMixin, BaseEstimator):
                 **self.lower_.card_entry(folder, f"{stem}.below"),
             }
         return entry
-
-
-def lightgbm_onnx(booster: lgb.Booster) -> bytes:
-    """The booster as an ONNX tree ensemble over a float32 feature matrix, its feature names recorded.
-
-    onnxruntime evaluates it faster than LightGBM's own predictor (10,000 rows of the 2,000-tree GEMM runtime
-    model, one thread: 0.42 s instead of 1.95 s, or 1.12 s on two), and the format holds no code. ONNX
-    thresholds are float32, so each is first moved down to the largest float32 not above it: for float32
-    inputs (what the trees were fit on) ``x <= t`` and ``x <= t32`` then agree, and every row takes
-    LightGBM's own branches.
-    """
-    text = booster.model_to_string()
-    if any(int(flag) & 1 for line in DECISION_TYPES.findall(text) for flag in line.split()):
-        raise ValueError("the booster has categorical splits, which this export does not handle")
-    # The header's byte size per tree would no longer match the rewritten trees; without it LightGBM
-    # parses them in order.
-    text = TREE_SIZES.sub("", THRESHOLDS.sub(lambda m: "threshold=" + _float32_below(m[1]), text))
-    rounded = lgb.Booster(model_str=text)
-    model = convert_lightgbm(
-        rounded,
-        initial_types=[(ONNX_INPUT, FloatTensorType([None, booster.num_feature()]))],
-        zipmap=False,
-    )
-    onnx.helper.set_model_props(model, {ONNX_FEATURE_NAMES: json.dumps(booster.feature_name())})
-    return bytes(model.SerializeToString())
-
-
-def _float32_below(values: str) -> str:
-    """Space-separated float64 thresholds → the largest float32 not above each, written exactly."""
-    exact = np.array(values.split(), dtype=np.float64)
-    down = exact.astype(np.float32)
-    down = np.where(down.astype(np.float64) > exact, np.nextafter(down, np.float32(-np.inf)), down)
-    return " ".join(repr(float(v)) for v in down)
 
 
 def library_versions() -> dict[str, str]:

@@ -1,14 +1,18 @@
-"""``perfcost serve``: start the HTTP service, training default models first when there are none."""
+"""``perfcost serve``: train the default models the model directory lacks, then replace this process with
+the service's own entry point (``python -m service``), so the serving process never holds the offline
+stack (training code, matplotlib)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Annotated
 
 import typer
-import uvicorn
 
-from service.app import FEATURES
+from service.__main__ import Host, Port, Workers
+from service.domains.contracts import DOMAINS
 from service.registry import ModelRegistry
 from service.settings import Settings
 from training.cpu import train_cpu_model
@@ -27,7 +31,7 @@ def ensure_default_models(settings: Settings) -> None:
     release refuses, such as ones built on older features): a GEMM model from bundled data plus cached or
     mirrored public data, an MLIR model from the bundled programs, and a CPU model when SPEC CPU2017 is
     cached or mirrored (otherwise say how to add it)."""
-    servable = ModelRegistry(settings.model_dir, FEATURES).reload().models
+    servable = ModelRegistry(settings.model_dir, DOMAINS).reload().models
     if "gemm" not in servable:
         datasets = default_gemm_datasets(settings)
         log.info("no GEMM model in %s: training one on %s", settings.model_dir, ", ".join(datasets))
@@ -48,26 +52,19 @@ def ensure_default_models(settings: Settings) -> None:
 
 
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (default PERFCOST_HOST)")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default PERFCOST_PORT)")] = None,
-    workers: Annotated[
-        int | None, typer.Option(min=1, help="Worker processes (default PERFCOST_WORKERS)")
-    ] = None,
+    host: Host = None,
+    port: Port = None,
+    workers: Workers = None,
     train_if_empty: Annotated[
         bool, typer.Option(help="Train default models when the model directory is empty")
     ] = True,
 ) -> None:
-    """Serve predictions over HTTP (OpenAPI docs at /docs)."""
+    """Train missing default models, then serve predictions over HTTP (OpenAPI docs at /docs)."""
     settings = Settings()
     if train_if_empty:
         ensure_default_models(settings)
-    uvicorn.run(
-        "service.app:app_from_env",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers or settings.workers,
-        timeout_keep_alive=settings.keep_alive_s,
-        timeout_graceful_shutdown=settings.graceful_shutdown_s,
-        log_level="info",
-    )
+    options = [("--host", host), ("--port", port), ("--workers", workers)]
+    passed = [f"{flag}={value}" for flag, value in options if value is not None]
+    # Flushed before exec: buffered log lines would otherwise be lost with the replaced process.
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, "-m", "service", *passed])

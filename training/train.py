@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 
 from service.devices import DeviceSpec
+from service.domains import gemm as gemm_domain
+from service.domains.contracts import GEMM
 from service.features import gemm as gemm_features
 from service.settings import Settings
 from training.data.gemm import GemmData, available_gemm_datasets, load_gemm, load_gemm_dir
@@ -22,11 +24,11 @@ from training.data.registry import DatasetError, get_spec, is_available
 from training.models import REGIMES, CostRegressor, SplitRegressor, publish
 
 log = logging.getLogger(__name__)
-app = typer.Typer(help="Fit models and publish them into PERFCOST_MODEL_DIR.", no_args_is_help=True)
 
 # Targets, learned on the log scale; True: constrained never to decrease as k grows (more work along the
 # reduction dimension can neither shorten a GEMM nor save energy; power has no such law).
-GEMM_TARGETS: dict[str, bool] = {"runtime_ms": True, "power_w": False, "energy_j": True}
+MONOTONE_IN_K = ("runtime_ms", "energy_j")
+GEMM_TARGETS: dict[str, bool] = {t: t in MONOTONE_IN_K for t in GEMM.targets}
 # Runtime may be learned as an efficiency relative to the physics time (waves of tiles over the SMs, each
 # wave at its compute or memory roofline, plus writing C and the call), where leave-one-device-out CV
 # prefers it (the baseline is itself non-decreasing in k, so the guarantee holds for the sum). Trees
@@ -115,24 +117,6 @@ def fit_gemm(
     return GemmFit(models=models)
 
 
-def domain_profile(frame: pd.DataFrame) -> dict[str, Any]:
-    """What the training data covered, for out-of-distribution flags at serving time."""
-    numeric = {}
-    for col in ("batch", "m", "n", "k"):
-        values = frame[col].to_numpy(dtype=float)
-        numeric[col] = [float(np.nanmin(values)), float(np.nanmax(values))]
-    flops = gemm_features.flops(frame)
-    numeric["flops"] = [float(flops.min()), float(flops.max())]
-    categories = {
-        col: sorted({str(v) for v in frame[col].dropna().unique()})
-        for col in ("op", "dtype", "layout", "kernel")
-    }
-    # Per device: the largest GEMM trained on, beyond which a prediction extrapolates in size.
-    largest = pd.Series(flops).groupby(frame["device"].to_numpy()).max()
-    device_flops = {str(device): float(value) for device, value in largest.items()}
-    return {"ranges": numeric, "categories": categories, "device_max_flops": device_flops}
-
-
 def default_gemm_datasets(settings: Settings) -> list[str]:
     """Bundled data always; public datasets when cached or mirrored (never a surprise download)."""
     chosen = []
@@ -180,7 +164,7 @@ def gemm_card(
         "feature_columns": list(gemm_features.FEATURE_COLUMNS),
         "datasets": datasets,
         "devices": [spec.model_dump() for spec in devices.values()],
-        "profile": domain_profile(frame),
+        "profile": gemm_domain.profile(frame),
         "training_seconds": round(seconds, 1),
         **extra,
     }
@@ -211,7 +195,6 @@ def publish_gemm(loaded: list[GemmData], settings: Settings, name: str = "gemm",
     return path.name
 
 
-@app.command("gemm")
 def train_gemm(
     dataset: Annotated[
         list[str] | None,
@@ -236,36 +219,3 @@ def train_gemm(
     except DatasetError as exc:
         raise typer.BadParameter(str(exc), param_hint="--from" if directory else "--dataset") from exc
     Console().print(f"published [bold]{name}[/] version {version} to {settings.model_dir / name / version}")
-
-
-@app.command("cpu")
-def train_cpu(name: Annotated[str, typer.Option(help="Model name in the registry")] = "cpu") -> None:
-    """Fit per-benchmark and suite-score models on all SPEC CPU2017 rows and publish one version."""
-    # Imported here: training.cpu imports training.evaluate, which imports this module.
-    from training.cpu import train_cpu_model
-
-    settings = Settings()
-    try:
-        path = train_cpu_model(settings, name)
-    except DatasetError as exc:
-        raise typer.BadParameter(str(exc), param_hint="PERFCOST_DATA_MIRROR / PERFCOST_DATA_HOME") from exc
-    Console().print(f"published [bold]{name}[/] version {path.name} to {path}")
-
-
-@app.command("mlir")
-def train_mlir(
-    directory: Annotated[
-        str, typer.Option("--data", help="Directory holding programs.jsonl.gz from 'perfcost collect mlir'")
-    ] = "datasets/mlir-cpu-local",
-    name: Annotated[str, typer.Option(help="Model name in the registry")] = "mlir",
-) -> None:
-    """Fit runtime, instruction, vector-register, spill and utilization models on MLIR programs."""
-    # Imported here: training.mlir imports training.evaluate, which imports this module.
-    from training.mlir import train_mlir_model
-
-    settings = Settings()
-    try:
-        path = train_mlir_model(settings, Path(directory), name)
-    except DatasetError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--data") from exc
-    Console().print(f"published [bold]{name}[/] version {path.name} to {path}")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from service.cards import CpuCard
 from service.features import cpu as features
 from service.model import TabularModel
 from service.schemas.cpu import CpuInstance
@@ -49,9 +50,10 @@ class Suite:
 def suites(model: TabularModel) -> dict[str, Suite]:
     """The suites a model can serve (each benchmark and its score model loaded), parsed once per version."""
     if "cpu_suites" not in model.cache:
-        keys: dict[str, str] = model.card.get("target_keys", {})
+        card = model.typed_card(CpuCard)
+        keys = card.target_keys
         parsed: dict[str, Suite] = {}
-        for suite, names in model.card.get("suites", {}).items():
+        for suite, names in card.suites.items():
             score_stem = keys.get(f"{suite}/{SCORE}")
             pairs = [
                 (name.split("/", 1)[1], keys[name])
@@ -109,7 +111,7 @@ def predict(
 ) -> list[dict[str, Any]]:
     chosen = get_suite(model, suite)
     try:
-        table, seen, ood = features.request_features(_specs(instances), model.card.get("profile", {}))
+        table, seen, ood = features.request_features(_specs(instances), model.typed_card(CpuCard).profile)
     except ValueError as exc:
         raise _invalid(exc) from exc
     matrix = table.to_numpy(dtype=float)
@@ -156,5 +158,5 @@ def benchmarks(model: TabularModel) -> dict[str, Any]:
         "model": model.name,
         "version": model.version,
         "suites": {name: list(s.benchmarks) for name, s in suites(model).items()},
-        "score_method": str(model.card.get("score", {}).get("method", SCORE_METHOD)),
+        "score_method": str(model.typed_card(CpuCard).score.get("method", SCORE_METHOD)),
     }

@@ -12,18 +12,24 @@ import math
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from service.cards import GemmCard
 from service.devices import DeviceCatalog, DeviceError, DeviceSpec
 from service.features import gemm as features
 from service.model import Prediction, TabularModel, member_of
 from service.schemas.gemm import GemmInstance
 
+TARGETS = ("runtime_ms", "power_w", "energy_j")
 # Reported only on devices where they were measured (null with the reason elsewhere), so not predicted
 # for other devices' rows at all: for a request on any other GPU, two forests fewer to run.
 DEVICE_BOUND_TARGETS = ("power_w", "energy_j")
 MS_PER_HOUR = 3.6e6
 J_PER_KWH = 3.6e6
 CONFIG_FIELDS = features.CONFIG_COLUMNS
+# What the card's profile records of the training data and a request is checked against.
+OOD_RANGES = ("batch", "m", "n", "k")
+OOD_CATEGORIES = ("op", "dtype", "layout", "kernel")
 
 
 class UnknownDeviceError(LookupError):
@@ -35,9 +41,7 @@ class UnknownDeviceError(LookupError):
 def model_devices(model: TabularModel) -> dict[str, DeviceSpec]:
     """Specs of the devices a model was trained on, as recorded in its card (parsed once per version)."""
     if "gemm_devices" not in model.cache:
-        model.cache["gemm_devices"] = {
-            d["name"]: DeviceSpec.model_validate(d) for d in model.card.get("devices", [])
-        }
+        model.cache["gemm_devices"] = {d.name: d for d in model.typed_card(GemmCard).devices}
     devices: dict[str, DeviceSpec] = model.cache["gemm_devices"]
     return devices
 
@@ -76,9 +80,24 @@ def _intervals(pred: Prediction) -> list[dict[str, float] | None]:
     ]
 
 
+def profile(frame: pd.DataFrame) -> dict[str, Any]:
+    """What the training data covered, for the card: the ranges and categories :func:`predict` flags
+    requests outside of, and per device the largest GEMM, beyond which a prediction extrapolates in size."""
+    ranges = {}
+    for col in OOD_RANGES:
+        values = frame[col].to_numpy(dtype=float)
+        ranges[col] = [float(np.nanmin(values)), float(np.nanmax(values))]
+    flops = features.flops(frame)
+    ranges["flops"] = [float(flops.min()), float(flops.max())]
+    categories = {col: sorted({str(v) for v in frame[col].dropna().unique()}) for col in OOD_CATEGORIES}
+    largest = pd.Series(flops).groupby(frame["device"].to_numpy()).max()
+    device_flops = {str(device): float(value) for device, value in largest.items()}
+    return {"ranges": ranges, "categories": categories, "device_max_flops": device_flops}
+
+
 def beyond_trained_sizes(devices: list[str], total_flops: np.ndarray, model: TabularModel) -> np.ndarray:
     """Per row, whether it is larger (in FLOPs) than every GEMM the model was trained on for its device."""
-    largest = model.card.get("profile", {}).get("device_max_flops", {})
+    largest = model.typed_card(GemmCard).profile.device_max_flops
     ceiling = np.array([largest.get(d, np.inf) for d in devices], dtype=float)
     return total_flops > ceiling
 
@@ -91,20 +110,19 @@ def _ood_reasons(
     trained: dict[str, DeviceSpec],
 ) -> list[list[str]]:
     """Why each row lies outside the training data (empty list: inside). Vectorised per check."""
-    profile = model.card.get("profile", {})
-    ranges = profile.get("ranges", {})
-    categories = profile.get("categories", {})
+    profile = model.typed_card(GemmCard).profile
+    ranges, categories = profile.ranges, profile.categories
     reasons: list[list[str]] = [[] for _ in range(len(rows["m"]))]
     devices = rows["device"]
     for i in np.flatnonzero(~member_of(devices, trained)):
         reasons[i].append(f"device {devices[i]!r} is not among the {len(trained)} training devices")
-    largest = profile.get("device_max_flops", {})
+    largest = profile.device_max_flops
     for i in np.flatnonzero(beyond):
         reasons[i].append(
             f"flops={total_flops[i]:.6g} above the largest GEMM trained on for {devices[i]!r} "
             f"({largest[devices[i]]:.6g}): extrapolating in size"
         )
-    numeric = {col: np.array(rows[col], dtype=float) for col in ("m", "n", "k", "batch")}
+    numeric = {col: np.array(rows[col], dtype=float) for col in OOD_RANGES}
     numeric["flops"] = total_flops
     for col, values in numeric.items():
         if col not in ranges:
@@ -112,7 +130,7 @@ def _ood_reasons(
         lo, hi = ranges[col]
         for i in np.flatnonzero((values < lo) | (values > hi)):
             reasons[i].append(f"{col}={values[i]:.6g} outside the training range [{lo:.6g}, {hi:.6g}]")
-    for col in ("op", "dtype", "layout", "kernel"):
+    for col in OOD_CATEGORIES:
         if col not in categories:
             continue
         known = set(categories[col])
@@ -129,20 +147,19 @@ def predict(
     names, specs = resolve_devices(instances, catalog, trained)
     rows: dict[str, list[Any]] = {col: [getattr(inst, col) for inst in instances] for col in CONFIG_FIELDS}
     rows["device"] = names
-    matrix = features.feature_matrix(rows, specs)
-    flops = features.flops(rows)
-    beyond = beyond_trained_sizes(names, flops, model)
-    results = model.predict(matrix, coverage, names, only_seen=DEVICE_BOUND_TARGETS, beyond=beyond)
-    ood = _ood_reasons(rows, flops, beyond, model, trained)
-    peak_flops = (matrix[:, features.FEATURE_COLUMNS.index("peak_gflops")] * 1e9).tolist()
-    flops_list = flops.tolist()
+    computed = features.featurize(rows, specs)
+    beyond = beyond_trained_sizes(names, computed.flops, model)
+    results = model.predict(computed.matrix, coverage, names, only_seen=DEVICE_BOUND_TARGETS, beyond=beyond)
+    ood = _ood_reasons(rows, computed.flops, beyond, model, trained)
+    peak_flops = (computed.peak_gflops * 1e9).tolist()
+    flops_list = computed.flops.tolist()
     intervals = {target: _intervals(pred) for target, (pred, _) in results.items()}
 
     label = f"{model.name} {model.version}"
     out = []
     for i, inst in enumerate(instances):
         row: dict[str, Any] = {"unavailable": {}}
-        for target in ("runtime_ms", "power_w", "energy_j"):
+        for target in TARGETS:
             if target not in results:
                 row[target] = None
                 row["unavailable"][target] = f"model {label} has no {target} model"

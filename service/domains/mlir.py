@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from service.cards import MlirCard, parse_card
 from service.features import mlir as features
 from service.model import TabularModel
 from service.schemas.mlir import MlirInstance
@@ -64,8 +65,10 @@ def target_scale(values: np.ndarray, offset: float, ceiling: float = math.inf) -
 
 
 def check_card(card: dict[str, Any]) -> None:
-    """What the MLIR domain reads from a card beyond the columns: its runtime baseline and each target's
-    ceiling; :class:`ValueError` naming the field when one is unusable (the registry refuses the version)."""
+    """What the MLIR domain reads from a card beyond the columns: its typed fields, runtime baseline and
+    each target's ceiling; :class:`ValueError` naming the field when one is unusable (the registry refuses
+    the version)."""
+    parse_card(card, MlirCard)
     features.RuntimeBaseline.from_card(card)
     for target, spec in card.get("targets", {}).items():
         if "ceiling" in spec:
@@ -111,17 +114,23 @@ def _summary_json(summary: features.Summary, seen_ops: set[str]) -> dict[str, An
     }
 
 
+def device(model: TabularModel) -> str:
+    """The CPU the model's programs were measured on."""
+    return model.typed_card(MlirCard).device
+
+
 def predict(instances: list[MlirInstance], coverage: float, model: TabularModel) -> list[dict[str, Any]]:
     """Response rows for checked instances (see :func:`check_instances`)."""
     summaries = [features.summarize(inst.mlir) for inst in instances]
     table = features.features_from_summaries(summaries, features.RuntimeBaseline.from_card(model.card))
-    profile = model.card.get("profile", {})
+    card = model.typed_card(MlirCard)
+    profile = card.profile
     seen_ops = set(profile.get("ops", []))
     ood = [_ood(s, profile) for s in summaries]
-    device = str(model.card.get("device", "local CPU"))
+    device = card.device
     devices = [OOD_DEVICE if reasons else device for reasons in ood]
     results = model.predict(table, coverage, devices)
-    specs = model.card.get("targets", {})
+    specs = card.targets
     # Per target: whether each row's three figures are finite, and the figures on the target's scale.
     scaled: dict[str, tuple[np.ndarray, list[tuple[float, float, float]]]] = {}
     for target, (pred, _) in results.items():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal, get_args
 
@@ -202,12 +203,21 @@ def _text(rows: Rows, col: str, n_rows: int, default: str | None = None) -> list
     return [v if isinstance(v, str) else default for v in values]
 
 
+def gemm_flops(batch: Any, m: Any, n: Any, k: Any) -> Any:
+    """FLOPs of ``batch`` products of (m x k) and (k x n): numbers or arrays alike."""
+    return 2.0 * batch * m * n * k
+
+
+def gemm_bytes(batch: Any, m: Any, n: Any, k: Any, elem: Any, reads_c: Any = False) -> Any:
+    """Bytes a GEMM moves at least: A and B read once, C written once (and read too when beta != 0)."""
+    return elem * batch * (m * k + k * n + m * n * (1.0 + reads_c))
+
+
 def flops(rows: Rows) -> np.ndarray:
     n_rows = len(rows["m"])
     batch = _filled(_numeric(rows, "batch", n_rows), 1.0)
-    return (
-        2.0 * batch * _numeric(rows, "m", n_rows) * _numeric(rows, "n", n_rows) * _numeric(rows, "k", n_rows)
-    )
+    m, n, k = (_numeric(rows, col, n_rows) for col in ("m", "n", "k"))
+    return np.asarray(gemm_flops(batch, m, n, k))
 
 
 def _physics_per_k(
@@ -257,9 +267,8 @@ def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarra
     is_cpu = columns["is_cpu"]
     peak, bandwidth = columns["peak_gflops"], columns["dev_memory_bandwidth_gbps"]
     beta = _filled(columns["beta"], 0.0)
-    total_flops = 2.0 * b * m * n * k
-    # A and B read once, C written once, and read as well when beta != 0.
-    total_bytes = elem * b * (m * k + k * n + m * n * (1.0 + (beta != 0)))
+    total_flops = gemm_flops(b, m, n, k)
+    total_bytes = gemm_bytes(b, m, n, k, elem, beta != 0)
     t_compute = total_flops / (peak * 1e9) * 1e3
     t_memory = total_bytes / (bandwidth * 1e9) * 1e3
     roofline = np.maximum(t_compute, t_memory)
@@ -268,6 +277,7 @@ def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarra
     return {
         "k": k,
         "log_k": np.log2(k),
+        "flops": total_flops,
         "log_flops": np.log(total_flops),
         "log_item_flops": np.log(total_flops / b),
         "outer_product": (k == 1).astype(float),
@@ -302,7 +312,8 @@ def with_k(matrix: np.ndarray, k: float) -> np.ndarray:
     codes = np.nan_to_num(columns["dtype_code"], nan=len(DTYPES)).astype(np.intp)
     out = np.array(matrix, dtype=float, copy=True)
     for col, values in _k_columns(columns, np.full(len(matrix), float(k)), _CODE_BYTES[codes]).items():
-        out[:, _COLUMN_INDEX[col]] = values
+        if col in _COLUMN_INDEX:  # "flops" rides along for featurize, and is no feature column
+            out[:, _COLUMN_INDEX[col]] = values
     return out
 
 
@@ -312,8 +323,23 @@ def build_features(rows: Rows, devices: Mapping[str, DeviceSpec]) -> pd.DataFram
     return pd.DataFrame(feature_matrix(rows, devices), columns=list(FEATURE_COLUMNS), index=index)
 
 
+@dataclass(frozen=True)
+class GemmFeatures:
+    """The feature matrix of some rows, with the physics figures a response reports beside predictions
+    (computed once, here, not again by the caller)."""
+
+    matrix: np.ndarray
+    flops: np.ndarray
+    peak_gflops: np.ndarray
+
+
 def feature_matrix(rows: Rows, devices: Mapping[str, DeviceSpec]) -> np.ndarray:
-    """Features as a float matrix with :data:`FEATURE_COLUMNS` in order.
+    """Features as a float matrix with :data:`FEATURE_COLUMNS` in order (see :func:`featurize`)."""
+    return featurize(rows, devices).matrix
+
+
+def featurize(rows: Rows, devices: Mapping[str, DeviceSpec]) -> GemmFeatures:
+    """Features as a float matrix with :data:`FEATURE_COLUMNS` in order, plus FLOPs and peak rate.
 
     ``rows`` maps :data:`CONFIG_COLUMNS` to equal-length sequences (a DataFrame or a dict of lists;
     missing optional columns are unknown) plus ``device``, naming keys of ``devices``. Pure numpy: one
@@ -325,43 +351,92 @@ def feature_matrix(rows: Rows, devices: Mapping[str, DeviceSpec]) -> np.ndarray:
     distinct = {name: i for i, name in enumerate(dict.fromkeys(names))}
     which = np.fromiter((distinct[name] for name in names), dtype=np.intp, count=n_rows)
     specs = [devices[name] for name in distinct]
-    ops = _text(rows, "op", n_rows, "gemm")
     dtypes = _text(rows, "dtype", n_rows, "float32")
     kernels = _text(rows, "kernel", n_rows)
-    out: dict[str, np.ndarray] = {
-        col: _numeric(rows, col, n_rows) for col in (*SIZE_FIELDS, *KERNEL_NUMERIC_FIELDS)
-    }
+    elem = np.array([DTYPE_BYTES.get(d, 4) for d in dtypes], dtype=float)
+    out = _config_columns(rows, n_rows, dtypes, kernels)
+    out |= _device_columns(specs, which, out)
+    out |= _tile_columns(out, kernels)
+    out |= _physics_columns(out, elem)
+    b, m, n = out["batch"], out["m"], out["n"]
+    out["log_m"], out["log_n"], out["log_batch"] = np.log2(m), np.log2(n), np.log2(b)
+    out["m_align"], out["n_align"] = _align(m), _align(n)
+    out |= _k_columns(out, out["k"], elem)
+    matrix = np.empty((n_rows, len(FEATURE_COLUMNS)))
+    for j, col in enumerate(FEATURE_COLUMNS):
+        matrix[:, j] = out[col]
+    return GemmFeatures(matrix, out["flops"], out["peak_gflops"])
+
+
+def _config_columns(rows: Rows, n_rows: int, dtypes: list[Any], kernels: list[Any]) -> dict[str, np.ndarray]:
+    """The configuration's own columns: sizes (one matrix when the batch is unknown), kernel figures and
+    the codes of its categorical fields."""
+    out = {col: _numeric(rows, col, n_rows) for col in (*SIZE_FIELDS, *KERNEL_NUMERIC_FIELDS)}
     out["batch"] = _filled(out["batch"], 1.0)
-    out["op_code"] = _code(ops, OPS)
+    out["op_code"] = _code(_text(rows, "op", n_rows, "gemm"), OPS)
     out["dtype_code"] = _code(dtypes, tuple(DTYPE_BYTES))
     out["layout_code"] = _code(_text(rows, "layout", n_rows), LAYOUTS)
     out["kernel_code"] = np.array([kernel_code(k) for k in kernels], dtype=float)
-    for field in SPEC_FIELDS:
-        out[f"dev_{field}"] = np.array([float(getattr(s, field)) for s in specs], dtype=float)[which]
+    return out
 
-    b, m, n, k = (out[c] for c in SIZE_FIELDS)
-    is_cpu = np.array([s.kind == "cpu" for s in specs], dtype=float)[which]
+
+def _device_columns(
+    specs: Sequence[DeviceSpec], which: np.ndarray, config: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Each row's device specs, and what of the device its configuration can use: the units (a CPU
+    request may name fewer threads than cores) and their peak rate for its dtype."""
+    out = {
+        f"dev_{field}": np.array([float(getattr(s, field)) for s in specs], dtype=float)[which]
+        for field in SPEC_FIELDS
+    }
     units = out["dev_sm_count"]
-    threads = out["threads"]
+    threads = config["threads"]
     effective_units = np.where(np.isnan(threads), units, np.minimum(threads, units))
     # Peak rate per distinct device and dtype; a dtype outside DTYPES (last column) runs at the FP32 rate.
     peaks = np.array([[s.peak_gflops(d) for d in (*DTYPES, "float32")] for s in specs], dtype=float)
     peaks = peaks.reshape(len(specs), len(DTYPES) + 1)
-    dtype_index = np.nan_to_num(out["dtype_code"], nan=len(DTYPES)).astype(np.intp)
-    peak = peaks[which, dtype_index] * effective_units / units
-    elem = np.array([DTYPE_BYTES.get(d, 4) for d in dtypes], dtype=float)
+    dtype_index = np.nan_to_num(config["dtype_code"], nan=len(DTYPES)).astype(np.intp)
+    tdp = np.array([s.tdp_w if s.tdp_w else np.nan for s in specs], dtype=float)[which]
+    out["is_cpu"] = np.array([s.kind == "cpu" for s in specs], dtype=float)[which]
+    out["effective_units"] = effective_units
+    out["peak_gflops"] = peaks[which, dtype_index] * effective_units / units
+    out["tdp_per_gflop"] = tdp / out["dev_fp32_gflops"]
+    out["bandwidth_per_gflop"] = out["dev_memory_bandwidth_gbps"] / out["dev_fp32_gflops"]
+    return out
 
-    parsed = np.array([_kernel_tile(k) for k in kernels], dtype=float).reshape(n_rows, 2)
+
+def _first_known(first: np.ndarray, second: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    return np.where(~np.isnan(first), first, np.where(~np.isnan(second), second, fallback))
+
+
+def _tile_columns(out: Mapping[str, np.ndarray], kernels: list[Any]) -> dict[str, np.ndarray]:
+    """The tile a kernel's name gives, and the waves of tiles over the units: tiles from the tile fields,
+    else the kernel's name, else the default for the device's kind."""
+    parsed = np.array([_kernel_tile(k) for k in kernels], dtype=float).reshape(len(kernels), 2)
     kt_m, kt_n = parsed[:, 0], parsed[:, 1]
-    default_tile = np.where(is_cpu == 1, DEFAULT_CPU_TILE, DEFAULT_GPU_TILE)
-    tile_m = np.where(~np.isnan(out["tile_m"]), out["tile_m"], np.where(~np.isnan(kt_m), kt_m, default_tile))
-    tile_n = np.where(~np.isnan(out["tile_n"]), out["tile_n"], np.where(~np.isnan(kt_n), kt_n, default_tile))
-    tiles = b * np.ceil(m / tile_m) * np.ceil(n / tile_n)
+    default_tile = np.where(out["is_cpu"] == 1, DEFAULT_CPU_TILE, DEFAULT_GPU_TILE)
+    tile_m = _first_known(out["tile_m"], kt_m, default_tile)
+    tile_n = _first_known(out["tile_n"], kt_n, default_tile)
+    effective_units = out["effective_units"]
+    tiles = out["batch"] * np.ceil(out["m"] / tile_m) * np.ceil(out["n"] / tile_n)
     waves = tiles / effective_units
-    # The physics time's tile: the one the request names (tile fields, a kernel name's tile, or a CLTune
-    # work-group tile), otherwise on a GPU the fastest of the library's candidates, on a CPU the BLAS block.
-    named_m = np.where(~np.isnan(out["tile_m"]), out["tile_m"], np.where(~np.isnan(kt_m), kt_m, out["mwg"]))
-    named_n = np.where(~np.isnan(out["tile_n"]), out["tile_n"], np.where(~np.isnan(kt_n), kt_n, out["nwg"]))
+    return {
+        "kernel_tile_m": kt_m,
+        "kernel_tile_n": kt_n,
+        "tiles": tiles,
+        "waves": waves,
+        "wave_efficiency": tiles / (np.ceil(waves) * effective_units),
+    }
+
+
+def _physics_columns(out: Mapping[str, np.ndarray], elem: np.ndarray) -> dict[str, np.ndarray]:
+    """The physics time per k and its tile: the one the request names (tile fields, a kernel name's tile,
+    or a CLTune work-group tile), otherwise on a GPU the fastest of the library's candidates, on a CPU the
+    BLAS block."""
+    is_cpu = out["is_cpu"]
+    n_rows = len(is_cpu)
+    named_m = _first_known(out["tile_m"], out["kernel_tile_m"], out["mwg"])
+    named_n = _first_known(out["tile_n"], out["kernel_tile_n"], out["nwg"])
     named = ~np.isnan(named_m) & ~np.isnan(named_n)
     fixed = named | (is_cpu == 1)
     own_m = np.where(named, named_m, DEFAULT_CPU_TILE)
@@ -371,30 +446,20 @@ def feature_matrix(rows: Rows, devices: Mapping[str, DeviceSpec]) -> np.ndarray:
         + [[np.where(fixed, np.nan, tm_), np.where(fixed, np.nan, tn_)] for tm_, tn_ in GPU_TILES]
     ).reshape(len(GPU_TILES) + 1, 2, n_rows)
     candidates[0, :, ~fixed] = np.nan
-    (
-        per_k,
-        out["physics_tile_m"],
-        out["physics_tile_n"],
-        out["physics_waves"],
-        out["physics_wave_efficiency"],
-    ) = _physics_per_k(b, m, n, effective_units, peak, out["dev_memory_bandwidth_gbps"], elem, candidates)
-    out["log_physics_ms_per_k"] = np.log(per_k)
-
-    out["log_m"], out["log_n"], out["log_batch"] = np.log2(m), np.log2(n), np.log2(b)
-    out["tiles"] = tiles
-    out["waves"] = waves
-    out["wave_efficiency"] = tiles / (np.ceil(waves) * effective_units)
-    out["m_align"], out["n_align"] = _align(m), _align(n)
-    out["effective_units"] = effective_units
-    out["is_cpu"] = is_cpu
-    out["peak_gflops"] = peak
-    out["kernel_tile_m"] = kt_m
-    out["kernel_tile_n"] = kt_n
-    out |= _k_columns(out, k, elem)
-    tdp = np.array([s.tdp_w if s.tdp_w else np.nan for s in specs], dtype=float)[which]
-    out["tdp_per_gflop"] = tdp / out["dev_fp32_gflops"]
-    out["bandwidth_per_gflop"] = out["dev_memory_bandwidth_gbps"] / out["dev_fp32_gflops"]
-    matrix = np.empty((n_rows, len(FEATURE_COLUMNS)))
-    for j, col in enumerate(FEATURE_COLUMNS):
-        matrix[:, j] = out[col]
-    return matrix
+    per_k, tile_m, tile_n, waves, efficiency = _physics_per_k(
+        out["batch"],
+        out["m"],
+        out["n"],
+        out["effective_units"],
+        out["peak_gflops"],
+        out["dev_memory_bandwidth_gbps"],
+        elem,
+        candidates,
+    )
+    return {
+        "log_physics_ms_per_k": np.log(per_k),
+        "physics_tile_m": tile_m,
+        "physics_tile_n": tile_n,
+        "physics_waves": waves,
+        "physics_wave_efficiency": efficiency,
+    }

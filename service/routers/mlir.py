@@ -39,7 +39,6 @@ async def predict(http_request: Request, serving: ServingDep) -> JSONResponse:
         rows = await run_in_threadpool(mlir.predict, request.instances, request.coverage, model)
     else:
         rows = mlir.predict(request.instances, request.coverage, model)
-    device = str(model.card.get("device", "local CPU"))
     return JSONResponse(
-        {"model": model.name, "version": model.version, "device": device, "predictions": rows}
+        {"model": model.name, "version": model.version, "device": mlir.device(model), "predictions": rows}
     )

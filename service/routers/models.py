@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Request
 
 from service.deps import CatalogDep, RegistryDep, SettingsDep, SnapshotDep
+from service.domains import gemm
 from service.model import TabularModel
 from service.registry import Snapshot
 
@@ -85,8 +86,9 @@ async def model_version_card(name: str, version: str, snapshot: SnapshotDep) -> 
 async def devices(catalog: CatalogDep, snapshot: SnapshotDep) -> dict[str, Any]:
     known = {d.name: d.model_dump(exclude_none=True) for d in catalog}
     for model in snapshot.models.values():
-        for spec in model.card.get("devices", []):
-            known.setdefault(spec["name"], {k: v for k, v in spec.items() if v is not None})
+        if model.meta is not None and model.meta.domain == "gemm":
+            for spec in gemm.model_devices(model).values():
+                known.setdefault(spec.name, spec.model_dump(exclude_none=True))
     return {"devices": sorted(known.values(), key=lambda d: d["name"])}
 
 

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
 
-
-def _integral_float_to_int(value: Any) -> Any:
-    # JSON has one number type: 64.0 is the integer 64 (JSON Schema agrees, and JavaScript clients
-    # cannot tell them apart), while 1.5, "64" and true stay invalid.
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-Int = Annotated[StrictInt, BeforeValidator(_integral_float_to_int)]
-# Not ``Int | None``: pydantic then writes its constraints into the schema as "gt"/"le", not JSON Schema.
-OptionalInt = Annotated[StrictInt | None, BeforeValidator(_integral_float_to_int)]
+from service.numbers import Int as Int
+from service.numbers import OptionalInt as OptionalInt
 
 
 class Strict(BaseModel):

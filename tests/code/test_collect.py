@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.devices import DeviceSpec
-from training import collect
+from training.collect import cli, cpu_gemm, local_cpu, storage
 
 REPO = Path(__file__).resolve().parents[2]
 # Tiny shapes only, one BLAS thread, a small bandwidth array: a run costs milliseconds per configuration.
@@ -31,13 +31,13 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def _invoke(*args: str):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(collect.app, ["cpu-gemm", *args])
+    return CliRunner().invoke(cli.app, ["cpu-gemm", *args])
 
 
 def test_sweep_is_deterministic_large_and_spans_the_space() -> None:
-    sweep = collect.build_sweep([1, 2])
+    sweep = cpu_gemm.build_sweep([1, 2])
     keys = sweep.keys()
-    assert keys == collect.build_sweep([1, 2]).keys()
+    assert keys == cpu_gemm.build_sweep([1, 2]).keys()
     assert len(keys) >= 2200
     assert len(set(keys)) == len(keys)
     configs = sweep.configs
@@ -51,7 +51,7 @@ def test_sweep_is_deterministic_large_and_spans_the_space() -> None:
     assert any((c.m, c.n, c.k) == (4096, 64, 4096) for c in configs)
     assert any((c.m, c.n, c.k) == (1, 2048, 2048) for c in configs)
     # The skip rule is explicit: everything kept is under the cap, everything left out says why.
-    assert all(c.conservative_call_seconds() <= collect.DEFAULT_MAX_CALL_SECONDS for c in configs)
+    assert all(c.conservative_call_seconds() <= cpu_gemm.DEFAULT_MAX_CALL_SECONDS for c in configs)
     assert sweep.skipped and all(reason for _, reason in sweep.skipped)
     assert not {c.key for c, _ in sweep.skipped} & set(keys)
     # Keys are what resumption relies on: pin the exact sweep (update deliberately if the sweep changes).
@@ -60,26 +60,26 @@ def test_sweep_is_deterministic_large_and_spans_the_space() -> None:
 
 
 def test_default_threads_are_one_to_nproc() -> None:
-    nproc = collect.local_cpu_count()
-    threads = collect.default_threads()
+    nproc = local_cpu.local_cpu_count()
+    threads = cpu_gemm.default_threads()
     assert threads[0] == 1 and threads[-1] == nproc
     if nproc <= 8:
         assert threads == list(range(1, nproc + 1))
-    assert {c.threads for c in collect.build_sweep().configs} == set(threads)
+    assert {c.threads for c in cpu_gemm.build_sweep().configs} == set(threads)
 
 
 def test_tiny_run_writes_measurements_device_and_environment(tmp_path: Path) -> None:
     out = tmp_path / "cpu-gemm-local"
     result = _invoke("--out", str(out), "--limit", "6", "--min-time", "0.001", *TINY)
     assert result.exit_code == 0, result.output
-    with open(out / collect.MEASUREMENTS, newline="") as fh:
-        assert tuple(next(csv.reader(fh))) == collect.COLUMNS
-    rows = _rows(out / collect.MEASUREMENTS)
-    expected = collect.build_sweep([1], 0.0005).keys()[:6]
+    with open(out / storage.MEASUREMENTS, newline="") as fh:
+        assert tuple(next(csv.reader(fh))) == cpu_gemm.COLUMNS
+    rows = _rows(out / storage.MEASUREMENTS)
+    expected = cpu_gemm.build_sweep([1], 0.0005).keys()[:6]
     assert [r["key"] for r in rows] == expected
-    device = DeviceSpec.model_validate(json.loads((out / collect.DEVICE_FILE).read_text()))
+    device = DeviceSpec.model_validate(json.loads((out / storage.DEVICE_FILE).read_text()))
     assert device.kind == "cpu"
-    env = json.loads((out / collect.ENVIRONMENT_FILE).read_text())
+    env = json.loads((out / storage.ENVIRONMENT_FILE).read_text())
     assert env["numpy"] and "blas" in env and env["python"]
     for row in rows:
         assert float(row["runtime_ms"]) > 0
@@ -92,15 +92,15 @@ def test_tiny_run_writes_measurements_device_and_environment(tmp_path: Path) -> 
         assert row["threads"] == "1" and row["measured_at"].endswith("+00:00")
 
     # A rerun has nothing left to do and changes nothing.
-    before = (out / collect.MEASUREMENTS).read_bytes()
+    before = (out / storage.MEASUREMENTS).read_bytes()
     again = _invoke("--out", str(out), "--limit", "6", "--min-time", "0.001", *TINY)
     assert again.exit_code == 0, again.output
-    assert (out / collect.MEASUREMENTS).read_bytes() == before
+    assert (out / storage.MEASUREMENTS).read_bytes() == before
 
 
 def test_sigkill_then_rerun_yields_each_key_exactly_once(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    csv_path = out / collect.MEASUREMENTS
+    csv_path = out / storage.MEASUREMENTS
     n = 30
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     # About 0.05 s per configuration, so the run is still going when it is killed.
@@ -136,7 +136,7 @@ def test_sigkill_then_rerun_yields_each_key_exactly_once(tmp_path: Path) -> None
     assert "partially written" in done.stderr
     keys = [r["key"] for r in _rows(csv_path)]
     assert len(keys) == len(set(keys)) == n
-    assert set(keys) == set(collect.build_sweep([1], 0.0005).keys()[:n])
+    assert set(keys) == set(cpu_gemm.build_sweep([1], 0.0005).keys()[:n])
     assert csv_path.read_bytes().endswith(b"\n")
 
 
@@ -153,11 +153,11 @@ def test_repeated_sigkills_at_random_moments_lose_and_duplicate_nothing(tmp_path
     subprocess.run(
         command(reference, "0.001"), cwd=tmp_path, env=env, capture_output=True, check=True, timeout=300
     )
-    expected = [r["key"] for r in _rows(reference / collect.MEASUREMENTS)]
+    expected = [r["key"] for r in _rows(reference / storage.MEASUREMENTS)]
     assert len(expected) == n
 
     out = tmp_path / "killed"
-    csv_path = out / collect.MEASUREMENTS
+    csv_path = out / storage.MEASUREMENTS
     rng = random.Random(20261129)
 
     def lines() -> int:
@@ -191,7 +191,7 @@ def test_repeated_sigkills_at_random_moments_lose_and_duplicate_nothing(tmp_path
 def test_second_collector_on_a_locked_directory_refuses(tmp_path: Path) -> None:
     out = tmp_path / "locked"
     out.mkdir()
-    fd = os.open(out / collect.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fd = os.open(out / storage.LOCK_FILE, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         result = _invoke("--out", str(out), "--limit", "2", "--min-time", "0.001", *TINY)
@@ -199,27 +199,27 @@ def test_second_collector_on_a_locked_directory_refuses(tmp_path: Path) -> None:
         os.close(fd)
     assert result.exit_code == 1
     assert "another collector is already writing to" in result.output
-    assert not (out / collect.MEASUREMENTS).exists()
+    assert not (out / storage.MEASUREMENTS).exists()
 
 
 def test_recovery_drops_partial_malformed_and_duplicate_lines(tmp_path: Path) -> None:
-    path = tmp_path / collect.MEASUREMENTS
+    path = tmp_path / storage.MEASUREMENTS
     good = "k1,s,d,gemm,1,2,2,2,float32,nn,numpy.matmul/x,1,0.001,0.1,5,t"
     other = good.replace("k1", "k2", 1)
-    path.write_text("\n".join([collect.HEADER, good, "garbage", good, other, "k3,s,d"]))
-    rows = collect.recover_measurements(path)
+    path.write_text("\n".join([cpu_gemm.HEADER, good, "garbage", good, other, "k3,s,d"]))
+    rows = storage.recover_measurements(path, cpu_gemm.COLUMNS)
     assert list(rows) == ["k1", "k2"]
-    assert path.read_text() == "\n".join([collect.HEADER, good, other]) + "\n"
+    assert path.read_text() == "\n".join([cpu_gemm.HEADER, good, other]) + "\n"
 
     other_columns = tmp_path / "other.csv"
     other_columns.write_text("a,b\n1,2\n")
-    with pytest.raises(collect.CollectError, match="columns"):
-        collect.recover_measurements(other_columns)
+    with pytest.raises(storage.CollectError, match="columns"):
+        storage.recover_measurements(other_columns, cpu_gemm.COLUMNS)
 
     half_header = tmp_path / "half.csv"
     half_header.write_text("key,sou")
-    assert collect.recover_measurements(half_header) == {}
-    assert half_header.read_text() == collect.HEADER + "\n"
+    assert storage.recover_measurements(half_header, cpu_gemm.COLUMNS) == {}
+    assert half_header.read_text() == cpu_gemm.HEADER + "\n"
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,10 @@ from typer.testing import CliRunner
 
 from service.devices import DeviceSpec
 from service.features.gemm import OPS
-from training import cli, collect, collect_gpu
-from training.collect_gpu import GpuGemmConfig, GpuTiming, SweepError
+from training import cli
+from training.collect import cpu_gemm, gpu_backend, gpu_gemm, gpu_sweep, storage
+from training.collect.gpu_backend import GpuTiming
+from training.collect.gpu_sweep import GpuGemmConfig, SweepError
 from training.data.gemm import load_gemm_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +91,7 @@ def test_refuses_in_one_line_when_torch_is_missing(tmp_path: Path, monkeypatch: 
     def no_torch() -> Any:
         raise ModuleNotFoundError("No module named 'torch'")
 
-    monkeypatch.setattr(collect_gpu, "_import_torch", no_torch)
+    monkeypatch.setattr(gpu_backend, "_import_torch", no_torch)
     result = _invoke("--out", str(tmp_path / "out"))
     assert result.exit_code == 1
     assert "no CUDA device" in result.output
@@ -105,7 +107,7 @@ def test_refuses_when_cuda_is_not_available(tmp_path: Path, monkeypatch: pytest.
         version=types.SimpleNamespace(cuda=None),
         cuda=types.SimpleNamespace(is_available=lambda: False, device_count=lambda: 0),
     )
-    monkeypatch.setattr(collect_gpu, "_import_torch", lambda: fake_torch)
+    monkeypatch.setattr(gpu_backend, "_import_torch", lambda: fake_torch)
     result = _invoke("--out", str(tmp_path / "out"), "--sweep", "full", "--min-time", "1")
     assert result.exit_code == 1
     assert "no CUDA device" in result.output and "is_available() is false" in result.output
@@ -117,12 +119,10 @@ def test_dry_run_needs_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_torch() -> Any:
         raise ModuleNotFoundError("No module named 'torch'")
 
-    monkeypatch.setattr(collect_gpu, "_import_torch", no_torch)
+    monkeypatch.setattr(gpu_backend, "_import_torch", no_torch)
     result = _invoke("--dry-run")
     assert result.exit_code == 0, result.output
-    assert (
-        f"{len(collect_gpu.calibration_configs())} configurations of the calibration sweep" in result.output
-    )
+    assert f"{len(gpu_sweep.calibration_configs())} configurations of the calibration sweep" in result.output
     half = _invoke("--dry-run", "--sweep", "full", "--dtype", "float16,bfloat16")
     assert half.exit_code == 0 and "dtypes bfloat16, float16)" in half.output
 
@@ -147,8 +147,8 @@ def test_bad_options_name_the_option(args: list[str], option: str) -> None:
 
 # --- the sweeps ------------------------------------------------------------------------------------
 def test_calibration_sweep_is_small_and_covers_the_regimes() -> None:
-    frame = collect_gpu.calibration_sweep()
-    assert list(frame.columns) == list(collect_gpu.SWEEP_COLUMNS)
+    frame = gpu_sweep.calibration_sweep()
+    assert list(frame.columns) == list(gpu_sweep.SWEEP_COLUMNS)
     assert 16 <= len(frame) <= 32
     assert set(frame["op"]) == set(OPS) == {"gemm", "bmm", "linear"}
     assert not frame.duplicated().any()
@@ -192,17 +192,17 @@ GOOD = "op,batch,m,n,k,dtype,layout\ngemm,1,64,64,64,float32,nn\n"
 )
 def test_sweep_validator_names_the_line_and_field(line: str, message: str) -> None:
     with pytest.raises(SweepError, match="^bad.csv: " + message.replace("(", r"\(").replace(".", r"\.")):
-        collect_gpu.parse_sweep(GOOD + line + "\n", "bad.csv")
+        gpu_sweep.parse_sweep(GOOD + line + "\n", "bad.csv")
 
 
 def test_sweep_validator_rejects_a_bad_header_too_many_rows_and_an_empty_file() -> None:
     with pytest.raises(SweepError, match="line 1: header must be op,batch,m,n,k,dtype,layout"):
-        collect_gpu.parse_sweep("op,m,n,k\ngemm,1,1,1\n", "bad.csv")
+        gpu_sweep.parse_sweep("op,m,n,k\ngemm,1,1,1\n", "bad.csv")
     many = "op,batch,m,n,k,dtype,layout\n" + "".join(f"gemm,1,{i},8,8,float32,nn\n" for i in range(1, 34))
     with pytest.raises(SweepError, match="33 configurations, at most 32"):
-        collect_gpu.parse_sweep(many, "bad.csv")
+        gpu_sweep.parse_sweep(many, "bad.csv")
     with pytest.raises(SweepError, match="no configurations"):
-        collect_gpu.parse_sweep("op,batch,m,n,k,dtype,layout\n", "bad.csv")
+        gpu_sweep.parse_sweep("op,batch,m,n,k,dtype,layout\n", "bad.csv")
 
 
 def test_calibration_sweep_reports_a_broken_shipped_file(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -213,21 +213,21 @@ def test_calibration_sweep_reports_a_broken_shipped_file(monkeypatch: pytest.Mon
         def read_text(self, encoding: str) -> str:
             return GOOD + "bmm,8,64,64,x,float32,nn\n"
 
-    monkeypatch.setattr(collect_gpu.resources, "files", lambda package: Broken())
+    monkeypatch.setattr(gpu_sweep.resources, "files", lambda package: Broken())
     with pytest.raises(
         SweepError, match="gemm_calibration_sweep.csv: line 3: k 'x' is not a positive integer"
     ):
-        collect_gpu.calibration_sweep()
+        gpu_sweep.calibration_sweep()
 
 
 def test_full_sweep_is_fixed_a_few_hundred_shapes_and_extends_the_calibration_one() -> None:
-    configs = collect_gpu.full_sweep()
+    configs = gpu_sweep.full_sweep()
     keys = [c.key for c in configs]
-    assert keys == [c.key for c in collect_gpu.full_sweep()]
+    assert keys == [c.key for c in gpu_sweep.full_sweep()]
     assert len(set(keys)) == len(keys)
     shapes = {(c.op, c.batch, c.m, c.n, c.k, c.layout) for c in configs}
     assert 250 <= len(shapes) <= 600
-    calibration = collect_gpu.calibration_configs()
+    calibration = gpu_sweep.calibration_configs()
     assert configs[: len(calibration)] == calibration
     assert {c.op for c in configs} == set(OPS)
     assert {c.dtype for c in configs} == {"float32", "float16", "bfloat16"}
@@ -239,7 +239,7 @@ def test_full_sweep_is_fixed_a_few_hundred_shapes_and_extends_the_calibration_on
     assert len({c.batch for c in configs if c.op == "bmm"}) >= 8
     assert all(c.batch == 1 for c in configs if c.op != "bmm")
     assert all(c.layout == "nt" for c in configs if c.op == "linear")
-    assert all(collect_gpu._check_config(c) is None for c in configs)
+    assert all(gpu_sweep._check_config(c) is None for c in configs)
     # Keys are what resumption relies on: pin the exact sweep (update deliberately if it changes).
     digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()
     assert digest == "761d53aaa92f270a9089c3e5e393002cbc497eb08f77d3a91820a85aaebc6d64"
@@ -247,35 +247,35 @@ def test_full_sweep_is_fixed_a_few_hundred_shapes_and_extends_the_calibration_on
 
 def test_peak_rates_follow_the_tables() -> None:
     # A100: 108 SMs x 64 cores x 2 x 1410 MHz (the catalog's 19492), 2048 dense FP16 FLOPs/SM/clock.
-    assert collect_gpu.peak_rates(8, 0, "NVIDIA A100-SXM4-40GB", 108, 1410) == (64, 19491.8, 311869.4)
-    cores, fp32, fp16 = collect_gpu.peak_rates(9, 0, "NVIDIA H100 80GB HBM3", 132, 1980)
+    assert gpu_backend.peak_rates(8, 0, "NVIDIA A100-SXM4-40GB", 108, 1410) == (64, 19491.8, 311869.4)
+    cores, fp32, fp16 = gpu_backend.peak_rates(9, 0, "NVIDIA H100 80GB HBM3", 132, 1980)
     assert (cores, fp32) == (128, 66908.2) and fp16 == pytest.approx(132 * 4096 * 1.98)
     # GeForce Ada runs FP16 with FP32 accumulation at half the workstation rate.
-    assert collect_gpu.peak_rates(8, 9, "NVIDIA GeForce RTX 4090", 128, 2520)[2] == pytest.approx(
+    assert gpu_backend.peak_rates(8, 9, "NVIDIA GeForce RTX 4090", 128, 2520)[2] == pytest.approx(
         128 * 512 * 2.52
     )
-    assert collect_gpu.peak_rates(8, 9, "NVIDIA L4", 58, 2040)[2] == pytest.approx(58 * 1024 * 2.04)
-    assert collect_gpu.peak_rates(6, 1, "Tesla P4", 20, 1113)[2] is None
-    with pytest.raises(collect.CollectError, match="compute capability 3.5"):
-        collect_gpu.peak_rates(3, 5, "Tesla K40", 15, 875)
+    assert gpu_backend.peak_rates(8, 9, "NVIDIA L4", 58, 2040)[2] == pytest.approx(58 * 1024 * 2.04)
+    assert gpu_backend.peak_rates(6, 1, "Tesla P4", 20, 1113)[2] is None
+    with pytest.raises(storage.CollectError, match="compute capability 3.5"):
+        gpu_backend.peak_rates(3, 5, "Tesla K40", 15, 875)
 
 
 # --- storage: measurements, device, environment, resumption ---------------------------------------
 def test_run_writes_the_layout_train_reads_and_resumes_after_a_kill(tmp_path: Path) -> None:
     out = tmp_path / "gpu-gemm-fake"
-    configs = collect_gpu.calibration_configs()
+    configs = gpu_sweep.calibration_configs()
     first = FakeBackend(die_at=6)
     with pytest.raises(Killed):
-        collect_gpu.run_collection(out, configs, first, 0.2, {"sweep": "calibration"})
-    path = out / collect.MEASUREMENTS
+        gpu_gemm.run_collection(out, configs, first, 0.2, {"sweep": "calibration"})
+    path = out / storage.MEASUREMENTS
     with open(path, newline="") as fh:
-        assert tuple(next(csv.reader(fh))) == collect_gpu.COLUMNS
+        assert tuple(next(csv.reader(fh))) == gpu_gemm.COLUMNS
     assert [r["key"] for r in _rows(path)] == [c.key for c in configs[:5]] == first.measured
     with open(path, "ab") as fh:  # a row cut short by the kill
         fh.write(configs[5].key.encode() + b",gpu-gemm-fa")
 
     second = FakeBackend(energy=False)
-    assert collect_gpu.run_collection(out, configs, second, 0.2) == len(configs) - 5
+    assert gpu_gemm.run_collection(out, configs, second, 0.2) == len(configs) - 5
     assert second.measured == [c.key for c in configs[5:]]  # nothing measured twice
     rows = _rows(path)
     assert [r["key"] for r in rows] == [c.key for c in configs]
@@ -288,15 +288,15 @@ def test_run_writes_the_layout_train_reads_and_resumes_after_a_kill(tmp_path: Pa
         assert row["measured_at"].endswith("+00:00") and int(row["repeats"]) == 50
     assert all(float(r["power_w"]) > 0 and float(r["energy_j"]) > 0 for r in rows[:5])
     assert all(r["power_w"] == "" and r["energy_j"] == "" for r in rows[5:])  # energy unsupported
-    assert DeviceSpec.model_validate(json.loads((out / collect.DEVICE_FILE).read_text())) == FAKE_SPEC
-    env = json.loads((out / collect.ENVIRONMENT_FILE).read_text())
+    assert DeviceSpec.model_validate(json.loads((out / storage.DEVICE_FILE).read_text())) == FAKE_SPEC
+    env = json.loads((out / storage.ENVIRONMENT_FILE).read_text())
     assert env["collector"] == "perfcost collect gpu-gemm" and env["gpu_uuid"] == "GPU-fake"
     assert env["settings"]["min_time_s"] == 0.2 and "CUDA events" in env["timing"]
 
     # A third run has nothing to do and changes nothing.
     before = path.read_bytes()
     third = FakeBackend()
-    assert collect_gpu.run_collection(out, configs, third, 0.2) == 0 and not third.measured
+    assert gpu_gemm.run_collection(out, configs, third, 0.2) == 0 and not third.measured
     assert path.read_bytes() == before
 
     data = load_gemm_dir(out)
@@ -307,72 +307,68 @@ def test_run_writes_the_layout_train_reads_and_resumes_after_a_kill(tmp_path: Pa
 
 
 def test_another_gpu_in_the_same_directory_is_refused(tmp_path: Path) -> None:
-    configs = collect_gpu.calibration_configs()[:2]
-    collect_gpu.run_collection(tmp_path, configs, FakeBackend(), 0.2)
+    configs = gpu_sweep.calibration_configs()[:2]
+    gpu_gemm.run_collection(tmp_path, configs, FakeBackend(), 0.2)
     other = FakeBackend(spec=FAKE_SPEC.model_copy(update={"name": "Other GPU"}))
-    with pytest.raises(collect.CollectError, match="holds measurements of \\['Fake GPU X'\\]"):
-        collect_gpu.run_collection(tmp_path, collect_gpu.calibration_configs(), other, 0.2)
+    with pytest.raises(storage.CollectError, match="holds measurements of \\['Fake GPU X'\\]"):
+        gpu_gemm.run_collection(tmp_path, gpu_sweep.calibration_configs(), other, 0.2)
     assert not other.measured
 
 
 def test_configurations_too_large_for_the_gpu_are_left_out(tmp_path: Path) -> None:
     small = FakeBackend(spec=FAKE_SPEC.model_copy(update={"memory_gb": 1.0}))
-    configs = collect_gpu.calibration_configs()
-    collect_gpu.run_collection(tmp_path, configs, small, 0.2)
-    budget = collect_gpu.MAX_MEMORY_SHARE * 2**30
+    configs = gpu_sweep.calibration_configs()
+    gpu_gemm.run_collection(tmp_path, configs, small, 0.2)
+    budget = gpu_gemm.MAX_MEMORY_SHARE * 2**30
     assert small.measured == [c.key for c in configs if c.nbytes <= budget]
     assert len(small.measured) < len(configs)
 
 
 def test_a_skipped_configuration_writes_no_row_and_is_tried_again(tmp_path: Path) -> None:
-    configs = collect_gpu.calibration_configs()[:4]
+    configs = gpu_sweep.calibration_configs()[:4]
 
     class OutOfMemoryOnce(FakeBackend):
         def time(self, cfg: GpuGemmConfig, min_time: float) -> GpuTiming:
             if cfg == configs[1]:
-                raise collect_gpu.ConfigSkipped("out of GPU memory")
+                raise gpu_backend.ConfigSkipped("out of GPU memory")
             return super().time(cfg, min_time)
 
-    assert collect_gpu.run_collection(tmp_path, configs, OutOfMemoryOnce(), 0.2) == 3
-    assert [r["key"] for r in _rows(tmp_path / collect.MEASUREMENTS)] == [configs[i].key for i in (0, 2, 3)]
+    assert gpu_gemm.run_collection(tmp_path, configs, OutOfMemoryOnce(), 0.2) == 3
+    assert [r["key"] for r in _rows(tmp_path / storage.MEASUREMENTS)] == [configs[i].key for i in (0, 2, 3)]
     again = FakeBackend()
-    assert collect_gpu.run_collection(tmp_path, configs, again, 0.2) == 1 and again.measured == [
-        configs[1].key
-    ]
+    assert gpu_gemm.run_collection(tmp_path, configs, again, 0.2) == 1 and again.measured == [configs[1].key]
 
 
 def test_recovery_drops_partial_malformed_and_duplicate_lines(tmp_path: Path) -> None:
-    path = tmp_path / collect.MEASUREMENTS
+    path = tmp_path / storage.MEASUREMENTS
     good = "k1,s,d,gemm,1,2,2,2,float32,nn,0.001,0.1,,,5,t"
     other = "k2,s,d,gemm,1,2,2,2,float32,nn,0.001,0.1,250.5,0.00025,5,t"
     negative = "k3,s,d,gemm,1,2,2,2,float32,nn,0.001,0.1,-1,0.1,5,t"
-    path.write_text(
-        "\n".join([",".join(collect_gpu.COLUMNS), good, "garbage", good, other, negative, "k4,s,d"])
-    )
-    assert list(collect.recover_measurements(path, collect_gpu.COLUMNS)) == ["k1", "k2"]
-    assert path.read_text() == "\n".join([",".join(collect_gpu.COLUMNS), good, other]) + "\n"
+    path.write_text("\n".join([",".join(gpu_gemm.COLUMNS), good, "garbage", good, other, negative, "k4,s,d"]))
+    assert list(storage.recover_measurements(path, gpu_gemm.COLUMNS)) == ["k1", "k2"]
+    assert path.read_text() == "\n".join([",".join(gpu_gemm.COLUMNS), good, other]) + "\n"
     cpu = tmp_path / "cpu.csv"
-    cpu.write_text(collect.HEADER + "\n")
-    with pytest.raises(collect.CollectError, match="not the collector's"):
-        collect.recover_measurements(cpu, collect_gpu.COLUMNS)
+    cpu.write_text(cpu_gemm.HEADER + "\n")
+    with pytest.raises(storage.CollectError, match="not the collector's"):
+        storage.recover_measurements(cpu, gpu_gemm.COLUMNS)
 
 
 def test_cli_run_with_a_fake_backend_writes_the_default_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backend = FakeBackend()
-    monkeypatch.setattr(collect_gpu, "make_backend", lambda index: backend)
+    monkeypatch.setattr(gpu_gemm, "make_backend", lambda index: backend)
     monkeypatch.chdir(tmp_path)
     result = _invoke("--limit", "3", "--min-time", "0.01", "--dtype", "float32")
     assert result.exit_code == 0, result.output
     out = tmp_path / "datasets" / "gpu-gemm-fake-gpu-x"
     assert "measured 3 configurations" in result.output
-    assert len(_rows(out / collect.MEASUREMENTS)) == 3 and backend.closed
-    env = json.loads((out / collect.ENVIRONMENT_FILE).read_text())
+    assert len(_rows(out / storage.MEASUREMENTS)) == 3 and backend.closed
+    env = json.loads((out / storage.ENVIRONMENT_FILE).read_text())
     assert env["settings"]["sweep"] == "calibration" and env["settings"]["dtypes"] == ["float32"]
 
     # While another collector holds the directory, a second one refuses in one line.
-    fd = os.open(out / collect.LOCK_FILE, os.O_RDWR)
+    fd = os.open(out / storage.LOCK_FILE, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         locked = _invoke("--limit", "5")
@@ -385,7 +381,7 @@ SLOW_COLLECTOR = """
 import sys, time
 from pathlib import Path
 from service.devices import DeviceSpec
-from training import collect_gpu
+from training.collect import gpu_backend, gpu_gemm, gpu_sweep
 
 spec = DeviceSpec(name="Fake GPU X", memory_gb=16.0, memory_bandwidth_gbps=900.0, sm_count=80,
                   cores_per_sm=64, clock_mhz=1530.0, fp32_gflops=15667.2, l2_cache_mb=6.0)
@@ -396,10 +392,10 @@ class Slow:
     def environment(self): return {"gpu": spec.name}
     def time(self, cfg, min_time):
         time.sleep(min_time)
-        return collect_gpu.GpuTiming(1.0 + cfg.m / 1e4, 0.01, 10)
+        return gpu_backend.GpuTiming(1.0 + cfg.m / 1e4, 0.01, 10)
     def close(self): pass
 
-collect_gpu.run_collection(Path(sys.argv[1]), collect_gpu.calibration_configs(), Slow(), float(sys.argv[2]))
+gpu_gemm.run_collection(Path(sys.argv[1]), gpu_sweep.calibration_configs(), Slow(), float(sys.argv[2]))
 """
 
 
@@ -407,7 +403,7 @@ def test_sigkill_then_rerun_yields_each_configuration_exactly_once(tmp_path: Pat
     script = tmp_path / "slow_collector.py"
     script.write_text(textwrap.dedent(SLOW_COLLECTOR))
     out = tmp_path / "run"
-    csv_path = out / collect.MEASUREMENTS
+    csv_path = out / storage.MEASUREMENTS
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, str(script), str(out), "0.05"],
@@ -424,10 +420,10 @@ def test_sigkill_then_rerun_yields_each_configuration_exactly_once(tmp_path: Pat
     finally:
         proc.kill()
         proc.wait(timeout=30)
-    n = len(collect_gpu.calibration_configs())
+    n = len(gpu_sweep.calibration_configs())
     assert 3 <= len(_rows(csv_path)) < n
     subprocess.run([sys.executable, str(script), str(out), "0.001"], env=env, check=True, timeout=120)
     keys = [r["key"] for r in _rows(csv_path)]
     assert len(keys) == len(set(keys)) == n
-    assert set(keys) == {c.key for c in collect_gpu.calibration_configs()}
+    assert set(keys) == {c.key for c in gpu_sweep.calibration_configs()}
     assert not load_gemm_dir(out).report.rejected

@@ -150,7 +150,7 @@ def test_real_iree_imported_onnx() -> None:
 
 
 def test_collected_onnx_programs_from_the_dataset() -> None:
-    from training.collect_mlir import PROGRAMS, read_records
+    from training.collect.mlir.records import PROGRAMS, read_records
 
     path = DATASET / PROGRAMS
     if not path.is_file():

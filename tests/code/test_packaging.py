@@ -48,11 +48,17 @@ def test_quick_start_is_two_commands_and_ci_runs_the_test_one() -> None:
     assert "python -m pytest -q" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_image_runs_the_same_app_factory_as_perfcost_serve() -> None:
+def test_image_runs_the_service_entry_point_that_perfcost_serve_hands_over_to() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     serve = (ROOT / "training" / "serve.py").read_text()
-    assert '"service.app:app_from_env"' in serve and "factory=True" in serve
-    assert 'ENTRYPOINT ["perfcost", "serve", "--no-train-if-empty"]' in dockerfile
+    entry = (ROOT / "service" / "__main__.py").read_text()
+    assert 'APP_FACTORY = "service.app:app_from_env"' in entry and "factory=True" in entry
+    assert '[sys.executable, "-m", "service", *passed]' in serve
+    assert 'ENTRYPOINT ["python", "-m", "service"]' in dockerfile
+    runtime = dockerfile.split("AS runtime", 1)[1]
+    assert "training" not in runtime.replace("needs no training code", ""), (
+        "the runtime stage copies training"
+    )
     assert re.search(r"^USER perfcost$", dockerfile, flags=re.M), "the image must not run as root"
     assert "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
 

@@ -15,7 +15,7 @@ import pytest
 
 from service.model import list_versions
 from service.settings import Settings
-from training.collect_mlir import read_records
+from training.collect.mlir.records import read_records
 from training.serve import ensure_default_models
 
 BUNDLED = Path(__file__).resolve().parents[2] / "datasets"

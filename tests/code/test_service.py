@@ -230,15 +230,15 @@ def test_body_over_the_limit_is_413(model_dir: Path) -> None:
 
 
 def test_api_and_in_process_predictions_are_identical(client: TestClient, model_dir: Path) -> None:
-    from service.app import FEATURES
     from service.devices import DeviceCatalog
     from service.domains import gemm
+    from service.domains.contracts import DOMAINS
     from service.registry import ModelRegistry
     from service.schemas.gemm import GemmInstance
 
     instances = [{**GOOD, "m": m, "k": k} for m in (64, 700, 4096) for k in (128, 2048)]
     api = predict(client, *instances).json()["predictions"]
-    model = ModelRegistry(model_dir, FEATURES).reload().get("gemm")
+    model = ModelRegistry(model_dir, DOMAINS).reload().get("gemm")
     assert model is not None
     local = gemm.predict([GemmInstance(**i) for i in instances], 0.9, model, DeviceCatalog.default())
     assert [r["runtime_ms"] for r in api] == [r["runtime_ms"] for r in local]

@@ -17,7 +17,7 @@ from training.data.cpu import (
     load_spec_suite,
     load_uci_hardware,
 )
-from training.data.gemm import LoadReport
+from training.data.report import LoadReport
 
 ROWS = {"FP_rate": 5331, "FP_speed": 4306, "Int_rate": 5553, "Int_speed": 4313}
 BENCHMARKS = {"FP_rate": 13, "FP_speed": 10, "Int_rate": 10, "Int_speed": 10}

@@ -12,8 +12,10 @@ import pytest
 from service.devices import DeviceCatalog
 from service.features.gemm import FEATURE_COLUMNS, LAYOUTS, build_features, feature_matrix, with_k
 from service.settings import Settings
-from training.data.gemm import COLUMNS, LoadReport, load_deepbench, load_gemm
+from training.data.deepbench import load_deepbench
+from training.data.gemm import COLUMNS, load_gemm
 from training.data.registry import DatasetError
+from training.data.report import LoadReport
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.features import mlir as F
-from training.collect_mlir import FAMILIES, LINALG_FAMILIES
+from training.collect.mlir.sweep import FAMILIES, LINALG_FAMILIES
 from training.data.mlir import load_mlir, measured
 
 DATASET = Path(__file__).resolve().parents[2] / "datasets" / "mlir-cpu-local"

@@ -18,11 +18,11 @@ from service.features import gemm as features
 from service.model import TabularModel, list_versions
 from service.schemas.gemm import GemmInstance
 from service.settings import Settings
-from training import evaluate
 from training.cli import app
 from training.data.gemm import load_gemm
 from training.data.registry import DatasetError
-from training.evaluate import extrapolation_split, gemm_instances, served_predictions
+from training.evaluation import gemm as evaluate
+from training.evaluation.gemm import extrapolation_split, gemm_instances, served_predictions
 from training.models import publish
 from training.train import fit_gemm, gemm_card, publish_gemm
 

@@ -18,8 +18,8 @@ import pandas as pd
 
 from service.features.cpu import SPEC_FIELDS, SUITES
 from service.settings import Settings
-from training.data.gemm import LoadReport, positive_mask
 from training.data.registry import DatasetError, fetch, get_spec
+from training.data.report import LoadReport, positive_mask
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,15 @@ from typing import Any
 
 import pandas as pd
 
-from training.collect_mlir import ENVIRONMENT_FILE, PROGRAMS, read_records
-from training.data.gemm import LoadReport
+from service.domains.contracts import MLIR
+from training.collect.mlir.records import ENVIRONMENT_FILE, PROGRAMS, read_records
 from training.data.registry import DatasetError
+from training.data.report import LoadReport
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DIR = Path("datasets") / "mlir-cpu-local"
-TARGETS = ("runtime_ms", "instructions", "vector_registers", "spills", "utilization")
+TARGETS = MLIR.targets
 DETAILS = (
     "runtime_spread",
     "runtime_launch_spread",

@@ -21,10 +21,6 @@ least 5 calls have been measured, at most ``--max-repeats`` calls. ``runtime_ms`
 
 from __future__ import annotations
 
-import csv
-import fcntl
-import io
-import json
 import logging
 import math
 import os
@@ -33,8 +29,7 @@ import random
 import sys
 import time
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,47 +37,26 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from service.devices import describe_local_cpu
+from training.collect.gemm import SHAPE_COLUMNS, GemmShape, Timing, gemm_row, measure_rows
+from training.collect.local_cpu import describe_local_cpu, local_cpu_count
+from training.collect.options import (
+    ConfigLimit,
+    MinTimePerConfig,
+    OutDir,
+    check_at_least,
+    check_min_time,
+    check_out,
+    cli_errors,
+)
+from training.collect.storage import MEASUREMENTS, check_device, locked_measurements, record_run
 
 log = logging.getLogger(__name__)
 
-app = typer.Typer(help="Collect measurements on this machine.", no_args_is_help=True)
-
 SOURCE = "cpu-gemm-local"
 DEFAULT_OUT = Path("datasets") / SOURCE
-MEASUREMENTS = "measurements.csv"
-DEVICE_FILE = "device.json"
-ENVIRONMENT_FILE = "environment.json"
-LOCK_FILE = ".collect.lock"
-COLUMNS = (
-    "key",
-    "source",
-    "device",
-    "op",
-    "batch",
-    "m",
-    "n",
-    "k",
-    "dtype",
-    "layout",
-    "kernel",
-    "threads",
-    "runtime_ms",
-    "runtime_spread",
-    "repeats",
-    "measured_at",
-)
+COLUMNS = (*SHAPE_COLUMNS, "kernel", "threads", "runtime_ms", "runtime_spread", "repeats", "measured_at")
 HEADER = ",".join(COLUMNS)
 
 # --- the sweep -------------------------------------------------------------------------------------
@@ -171,29 +145,13 @@ BMM_BATCHES = (2, 3, 4, 8, 16, 32, 64)
 
 
 @dataclass(frozen=True, order=True)
-class GemmConfig:
+class GemmConfig(GemmShape):
     """One point of the sweep. ``op`` is "gemm" for 2-D operands and "bmm" for 3-D (batched) ones."""
 
-    op: str
-    batch: int
-    m: int
-    n: int
-    k: int
-    dtype: str
     threads: int
 
-    @property
-    def key(self) -> str:
-        return f"{self.op}|b={self.batch}|m={self.m}|n={self.n}|k={self.k}|{self.dtype}|t={self.threads}"
-
-    @property
-    def flops(self) -> float:
-        return 2.0 * self.batch * self.m * self.n * self.k
-
-    @property
-    def nbytes(self) -> int:
-        itemsize = np.dtype(self.dtype).itemsize
-        return self.batch * (self.m * self.k + self.k * self.n + self.m * self.n) * itemsize
+    def variant(self) -> str:
+        return f"t={self.threads}"
 
     def conservative_call_seconds(self) -> float:
         """A pessimistic estimate of one call, the basis of the skip rule."""
@@ -216,10 +174,6 @@ class Sweep:
 
     def keys(self) -> list[str]:
         return [c.key for c in self.configs]
-
-
-def local_cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def default_threads(max_threads: int | None = None) -> list[int]:
@@ -277,13 +231,6 @@ def build_sweep(
 
 
 # --- measuring -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Timing:
-    runtime_ms: float
-    runtime_spread: float
-    repeats: int
-
-
 def measure(cfg: GemmConfig, min_time: float, min_repeats: int = 5, max_repeats: int = 200) -> Timing:
     """Median time of one ``np.matmul`` call for ``cfg`` (see the module docstring)."""
     rng = np.random.default_rng(zlib.crc32(cfg.key.encode()))
@@ -335,151 +282,6 @@ def kernel_name() -> str:
     return f"numpy.matmul/{ours[0].get('internal_api', 'unknown')}" if ours else "numpy.matmul/unknown"
 
 
-# --- the output directory --------------------------------------------------------------------------
-class CollectError(RuntimeError):
-    """The collection cannot proceed; the message says why and what to do."""
-
-
-@contextmanager
-def cli_errors(out: Path, unit: str) -> Iterator[None]:
-    """A collector's failure is one line and exit 1; Ctrl-C says the finished ``unit`` are kept (130)."""
-    try:
-        yield
-    except CollectError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        typer.echo(f"Interrupted; every finished {unit} is saved in {out}. Rerun to resume.", err=True)
-        raise typer.Exit(130) from None
-
-
-@contextmanager
-def exclusive_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``out/.collect.lock`` (released when the process dies)."""
-    lock_path = out / LOCK_FILE
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-        os.close(fd)
-        by = f" by pid {holder}" if holder.isdigit() else ""
-        raise CollectError(
-            f"another collector is already writing to {out} (lock {lock_path} is held{by}); "
-            "wait for it to finish or pass a different --out"
-        ) from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def write_durably(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to an append-mode descriptor and fsync it before returning, so a record is
-    either wholly on disk or (after a kill mid-write) a torn tail the resuming reader discards."""
-    while data:
-        written = os.write(fd, data)
-        data = data[written:]
-    os.fsync(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-# Measured columns that may be blank (not measured), but when present must be finite and >= 0.
-OPTIONAL_MEASURES = ("power_w", "energy_j")
-
-
-def _valid_row(fields: list[str], columns: tuple[str, ...]) -> bool:
-    if len(fields) != len(columns) or not fields[0]:
-        return False
-    row = dict(zip(columns, fields, strict=True))
-    try:
-        runtime = float(row["runtime_ms"])
-        optional = [float(row[c]) for c in OPTIONAL_MEASURES if row.get(c)]
-    except ValueError:
-        return False
-    return math.isfinite(runtime) and runtime > 0 and all(math.isfinite(v) and v >= 0 for v in optional)
-
-
-def recover_measurements(path: Path, columns: tuple[str, ...] = COLUMNS) -> dict[str, dict[str, str]]:
-    """Rows already in ``path`` (a collector's CSV of ``columns``, the key first) by key, after repairing
-    the file: a missing or half-written header is written, and a partially written last line, malformed
-    lines and repeated keys are dropped (the file is rewritten atomically). A header with other columns
-    is refused rather than overwritten."""
-    header = ",".join(columns)
-    raw = path.read_bytes() if path.exists() else b""
-    lines = raw.decode("utf-8", errors="replace").split("\n")
-    partial = lines.pop()  # the text after the last newline: "" unless a write was cut short
-    if not lines:  # empty file or a header cut short: nothing to keep
-        if partial:
-            log.warning("%s: dropping a partially written header", path)
-        _atomic_write(path, header + "\n")
-        return {}
-    if lines[0] != header:
-        raise CollectError(
-            f"{path} has columns {lines[0][:200]!r}, not the collector's {header!r}; "
-            "move it away or pass a different --out"
-        )
-    rows: dict[str, dict[str, str]] = {}
-    kept: list[str] = []
-    malformed = duplicates = 0
-    for line in lines[1:]:
-        fields = next(csv.reader([line]), [])
-        if not _valid_row(fields, columns):
-            malformed += 1
-        elif fields[0] in rows:
-            duplicates += 1
-        else:
-            rows[fields[0]] = dict(zip(columns, fields, strict=True))
-            kept.append(line)
-    if partial or malformed or duplicates:
-        log.warning(
-            "%s: repairing: dropping %s%d malformed and %d duplicated lines; keeping %d rows",
-            path,
-            "a partially written last line, " if partial else "",
-            malformed,
-            duplicates,
-            len(rows),
-        )
-        _atomic_write(path, "\n".join([header, *kept]) + "\n")
-    return rows
-
-
-class RowWriter:
-    """Appends CSV rows of ``columns``, each with one ``write`` followed by ``fsync``."""
-
-    def __init__(self, path: Path, columns: tuple[str, ...] = COLUMNS) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        self._columns = columns
-
-    def append(self, row: dict[str, Any]) -> None:
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow([row[c] for c in self._columns])
-        write_durably(self._fd, buffer.getvalue().encode("utf-8"))
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
 def _environment(settings: dict[str, Any], bandwidth_gbps: float) -> dict[str, Any]:
     return {
         "collector": "perfcost collect cpu-gemm",
@@ -500,26 +302,13 @@ def _environment(settings: dict[str, Any], bandwidth_gbps: float) -> dict[str, A
     }
 
 
-def _check_environment(out: Path, env: dict[str, Any]) -> None:
-    path = out / ENVIRONMENT_FILE
-    try:
-        previous = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    for name in ("numpy", "kernel"):
-        if previous.get(name) != env[name]:
-            log.warning(
-                "%s: earlier rows were collected with %s=%s, this run uses %s",
-                path,
-                name,
-                previous.get(name),
-                env[name],
-            )
-    before = [(lib.get("internal_api"), lib.get("version")) for lib in previous.get("blas", [])]
-    if before != [(lib.get("internal_api"), lib.get("version")) for lib in env["blas"]]:
-        log.warning(
-            "%s: earlier rows were collected with BLAS %s, this run uses a different one", path, before
-        )
+def _compared(env: dict[str, Any]) -> dict[str, Any]:
+    """What rows of one directory should share: numpy, its kernel and the BLAS libraries' versions."""
+    return {
+        "numpy": env.get("numpy"),
+        "kernel": env.get("kernel"),
+        "BLAS": [(lib.get("internal_api"), lib.get("version")) for lib in env.get("blas", [])],
+    }
 
 
 # --- the command -----------------------------------------------------------------------------------
@@ -546,17 +335,9 @@ def _parse_threads(threads: str | None, max_threads: int | None) -> list[int]:
     return sorted(set(values))
 
 
-@app.callback()
-def _collect() -> None:
-    """Collect measurements on this machine."""
-
-
-@app.command("cpu-gemm")
 def cpu_gemm(
-    out: Annotated[
-        Path, typer.Option("--out", help="Output directory (created; rerun to resume).")
-    ] = DEFAULT_OUT,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N configurations.")] = None,
+    out: OutDir = DEFAULT_OUT,
+    limit: ConfigLimit = None,
     max_seconds_per_config: Annotated[
         float,
         typer.Option(
@@ -565,9 +346,7 @@ def cpu_gemm(
             "FLOP rate) to take longer than this many seconds. Changes the sweep.",
         ),
     ] = DEFAULT_MAX_CALL_SECONDS,
-    min_time: Annotated[
-        float, typer.Option("--min-time", help="Seconds of timed calls per configuration.")
-    ] = 0.2,
+    min_time: MinTimePerConfig = 0.2,
     max_repeats: Annotated[int, typer.Option("--max-repeats", help="At most this many timed calls.")] = 200,
     threads: Annotated[
         str | None,
@@ -586,21 +365,16 @@ def cpu_gemm(
     ] = False,
 ) -> None:
     """Time np.matmul through the installed BLAS over a fixed GEMM/batched-GEMM sweep (resumable)."""
-    if limit is not None and limit < 1:
-        raise typer.BadParameter(f"must be at least 1, got {limit}", param_hint="'--limit'")
+    check_at_least(limit, 1, "--limit")
     if not (math.isfinite(max_seconds_per_config) and max_seconds_per_config > 0):
         raise typer.BadParameter(
             f"must be a positive number of seconds, got {max_seconds_per_config}",
             param_hint="'--max-seconds-per-config'",
         )
-    if not (math.isfinite(min_time) and 0 < min_time <= 60):
-        raise typer.BadParameter(f"must be in (0, 60] seconds, got {min_time}", param_hint="'--min-time'")
-    if max_repeats < 5:
-        raise typer.BadParameter(f"must be at least 5, got {max_repeats}", param_hint="'--max-repeats'")
-    if bandwidth_mib < 1:
-        raise typer.BadParameter(f"must be at least 1, got {bandwidth_mib}", param_hint="'--bandwidth-mib'")
-    if out.exists() and not out.is_dir():
-        raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="'--out'")
+    check_min_time(min_time)
+    check_at_least(max_repeats, 5, "--max-repeats")
+    check_at_least(bandwidth_mib, 1, "--bandwidth-mib")
+    check_out(out)
     thread_list = _parse_threads(threads, max_threads)
 
     sweep = build_sweep(thread_list, max_seconds_per_config)
@@ -612,57 +386,50 @@ def cpu_gemm(
             f"{len(sweep.skipped)} left out by the skip rule"
         )
         return
+    settings = {
+        "min_time_s": min_time,
+        "min_repeats": 5,
+        "max_repeats": max_repeats,
+        "max_seconds_per_config": max_seconds_per_config,
+        "threads": thread_list,
+        "sweep_seed": SWEEP_SEED,
+        "sweep_size": len(sweep.configs),
+        "sweep_skipped": len(sweep.skipped),
+        "configurations_this_run": len(configs),
+    }
     with cli_errors(out, "configuration"):
-        _run(out, configs, sweep, thread_list, max_seconds_per_config, min_time, max_repeats, bandwidth_mib)
+        _run(out, configs, settings, min_time, max_repeats, bandwidth_mib)
+
+
+def _load_average() -> float:
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        log.warning(
+            "load average %.2f: other processes are using the CPU, so timings (multi-threaded ones most) "
+            "will be inflated; collect on a quiet machine",
+            load,
+        )
+    return load
 
 
 def _run(
     out: Path,
     configs: list[GemmConfig],
-    sweep: Sweep,
-    thread_list: list[int],
-    max_seconds_per_config: float,
+    settings: dict[str, Any],
     min_time: float,
     max_repeats: int,
     bandwidth_mib: int,
 ) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(out):
+    """Measure the configurations not yet in ``out`` (``settings`` go into ``environment.json``)."""
+    with locked_measurements(out, COLUMNS) as existing:
         path = out / MEASUREMENTS
-        existing = recover_measurements(path)
         source = out.resolve().name or SOURCE
-
-        load = os.getloadavg()[0]
-        if load > 0.5:
-            log.warning(
-                "load average %.2f: other processes are using the CPU, so timings (multi-threaded ones most) "
-                "will be inflated; collect on a quiet machine",
-                load,
-            )
+        load = _load_average()
         bandwidth = round(measure_bandwidth_gbps(bandwidth_mib), 2)
         device = describe_local_cpu(memory_bandwidth_gbps=bandwidth)
-        recorded = {row["device"] for row in existing.values()}
-        if recorded and recorded != {device.name}:
-            raise CollectError(
-                f"{path} holds measurements of {sorted(recorded)}, but this machine is {device.name!r}; "
-                "pass a different --out"
-            )
-        settings = {
-            "min_time_s": min_time,
-            "min_repeats": 5,
-            "max_repeats": max_repeats,
-            "max_seconds_per_config": max_seconds_per_config,
-            "threads": thread_list,
-            "sweep_seed": SWEEP_SEED,
-            "sweep_size": len(sweep.configs),
-            "sweep_skipped": len(sweep.skipped),
-            "configurations_this_run": len(configs),
-            "load_average_at_start": round(load, 2),
-        }
-        env = _environment(settings, bandwidth)
-        _check_environment(out, env)
-        _atomic_write(out / DEVICE_FILE, json.dumps(device.model_dump(), indent=2) + "\n")
-        _atomic_write(out / ENVIRONMENT_FILE, json.dumps(env, indent=2) + "\n")
+        check_device(out, existing, device.name, "this machine")
+        env = _environment({**settings, "load_average_at_start": round(load, 2)}, bandwidth)
+        record_run(out, device, env, _compared)
         kernel = env["kernel"]
 
         todo = [c for c in configs if c.key not in existing]
@@ -678,100 +445,19 @@ def _run(
             done,
             len(configs),
         )
-        writer = RowWriter(path)
+
+        def row(cfg: GemmConfig) -> dict[str, Any]:
+            timing = measure(cfg, min_time, max_repeats=max_repeats)
+            return {
+                **gemm_row(cfg, timing, source, device.name),
+                "layout": "nn",
+                "kernel": kernel,
+                "threads": cfg.threads,
+            }
+
         started = time.monotonic()
-        try:
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[key]}"),
-                console=Console(stderr=True),
-            ) as progress:
-                task = progress.add_task(
-                    f"cpu-gemm ({done} resumed)", total=len(configs), completed=done, key=""
-                )
-                for cfg in todo:
-                    progress.update(task, key=cfg.key)
-                    timing = measure(cfg, min_time, max_repeats=max_repeats)
-                    writer.append(
-                        {
-                            "key": cfg.key,
-                            "source": source,
-                            "device": device.name,
-                            "op": cfg.op,
-                            "batch": cfg.batch,
-                            "m": cfg.m,
-                            "n": cfg.n,
-                            "k": cfg.k,
-                            "dtype": cfg.dtype,
-                            "layout": "nn",
-                            "kernel": kernel,
-                            "threads": cfg.threads,
-                            "runtime_ms": f"{timing.runtime_ms:.6g}",
-                            "runtime_spread": f"{timing.runtime_spread:.4g}",
-                            "repeats": timing.repeats,
-                            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                        }
-                    )
-                    progress.advance(task)
-        finally:
-            writer.close()
+        measure_rows(path, COLUMNS, todo, "cpu-gemm", len(configs), row)
         typer.echo(
             f"measured {len(todo)} configurations in {time.monotonic() - started:.0f} s "
             f"({done} already there, {len(configs)} in this sweep) -> {path}"
         )
-
-
-@app.command("mlir")
-def mlir(
-    out: Annotated[Path, typer.Option("--out", help="Output directory (created; rerun to resume).")] = Path(
-        "datasets"
-    )
-    / "mlir-cpu-local",
-    per_family: Annotated[
-        int, typer.Option("--per-family", help="Programs per family in the sweep (15 families).")
-    ] = 220,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N programs.")] = None,
-    repetitions: Annotated[
-        int, typer.Option("--repetitions", help="Benchmark repetitions per program (median, spread).")
-    ] = 5,
-    min_time: Annotated[
-        float, typer.Option("--min-time", help="Seconds per repetition (and of warm-up).")
-    ] = 0.02,
-    threads: Annotated[
-        int | None, typer.Option("--threads", help="IREE worker threads (default: usable CPUs but one).")
-    ] = None,
-    invocations: Annotated[
-        int, typer.Option("--invocations", help="Separate benchmark launches per program (median).")
-    ] = 3,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the sweep's size; measure nothing.")
-    ] = False,
-) -> None:
-    """Generate MLIR programs, compile them with IREE for this CPU and benchmark them (resumable)."""
-    # Imported here: the MLIR collector imports this module's helpers.
-    from training import collect_mlir
-
-    if per_family < 1:
-        raise typer.BadParameter(f"must be at least 1, got {per_family}", param_hint="'--per-family'")
-    if limit is not None and limit < 1:
-        raise typer.BadParameter(f"must be at least 1, got {limit}", param_hint="'--limit'")
-    if repetitions < 5:
-        raise typer.BadParameter(f"must be at least 5, got {repetitions}", param_hint="'--repetitions'")
-    if not (math.isfinite(min_time) and 0 < min_time <= 60):
-        raise typer.BadParameter(f"must be in (0, 60] seconds, got {min_time}", param_hint="'--min-time'")
-    cpus = os.cpu_count() or 1
-    if threads is not None and not 1 <= threads <= cpus:
-        raise typer.BadParameter(f"must be between 1 and {cpus}, got {threads}", param_hint="'--threads'")
-    if not 1 <= invocations <= 20:
-        raise typer.BadParameter(f"must be between 1 and 20, got {invocations}", param_hint="'--invocations'")
-    if out.exists() and not out.is_dir():
-        raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="'--out'")
-    collect_mlir.run_cli(out, per_family, limit, repetitions, min_time, threads, invocations, dry_run)
-
-
-if __name__ == "__main__":
-    app()

@@ -13,6 +13,7 @@ from fastapi import Depends, HTTPException, Request
 
 from service.batching import MicroBatcher
 from service.devices import DeviceCatalog
+from service.first_start import FirstStart
 from service.model import TabularModel
 from service.registry import ModelRegistry, Snapshot
 from service.settings import Settings
@@ -44,12 +45,13 @@ class Serving:
     settings: Settings
     catalog: DeviceCatalog
     batcher: MicroBatcher
+    first_start: FirstStart
 
 
 async def get_serving(request: Request) -> Serving:
     """One snapshot per request: a reload during the request cannot change the models it uses."""
     state = request.app.state
-    return Serving(state.registry.snapshot, state.settings, state.catalog, state.batcher)
+    return Serving(state.registry.snapshot, state.settings, state.catalog, state.batcher, state.first_start)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -59,14 +61,22 @@ CatalogDep = Annotated[DeviceCatalog, Depends(get_catalog)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
 
 
-def require_model(snapshot: Snapshot, name: str) -> TabularModel:
+def require_model(snapshot: Snapshot, name: str, first_start: FirstStart | None = None) -> TabularModel:
     model = snapshot.get(name)
     if model is None:
-        raise HTTPException(
-            status_code=503,
-            detail=[{"field": "model", "reason": f"no {name!r} model is loaded; see GET /readyz for why"}],
-        )
+        why = first_start.reason(name) if first_start is not None else None
+        why = why or unloaded_reason(snapshot, name)
+        reason = f"no {name!r} model is loaded: {why}; GET /readyz shows every domain"
+        raise HTTPException(status_code=503, detail=[{"field": "model", "reason": reason}])
     return model
+
+
+def unloaded_reason(snapshot: Snapshot, name: str) -> str:
+    """Why the registry serves no version of ``name``: its refused versions, or none published."""
+    refused = [r for r in snapshot.refused if r.model == name]
+    if refused:
+        return f"version {refused[0].version} was refused ({refused[0].reason})"
+    return f"none is published (run 'perfcost train {name}', then reload)"
 
 
 def check_batch(n: int, settings: Settings) -> None:

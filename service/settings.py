@@ -37,6 +37,13 @@ class Settings(BaseSettings):
         default=Path("reports"), description="Where evaluation writes metrics and plots."
     )
 
+    train_missing: bool = Field(
+        default=False,
+        description="On start, train the default models the model directory lacks in a background process "
+        "(python -m training.first_start; needs the training package), serving each as soon as it is "
+        "published. perfcost serve turns it on.",
+    )
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +14,8 @@ import pytest
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-MLIR_DATASET = REPO / "datasets" / "mlir-cpu-local"
+BUNDLED = REPO / "datasets"
+MLIR_DATASET = BUNDLED / "mlir-cpu-local"
 CPU_SUITE = "Int_rate"
 CPU_BENCHMARKS = ("500.perlbench_r", "505.mcf_r")
 MLIR_PER_FAMILY_TRAIN = 14
@@ -103,4 +107,28 @@ def mlir_model_dir(
         n_splits=3,
         candidates=("lightgbm",),
     )
+    return root
+
+
+@pytest.fixture
+def small_bundle(tmp_path: Path) -> Path:
+    """The bundled datasets, cut to a few hundred GEMM rows and four programs per MLIR family."""
+    from training.collect.mlir.records import read_records
+
+    root = tmp_path / "datasets"
+    gemm = root / "cpu-gemm-local"
+    gemm.mkdir(parents=True)
+    shutil.copy(BUNDLED / "cpu-gemm-local" / "device.json", gemm)
+    pd.read_csv(BUNDLED / "cpu-gemm-local" / "measurements.csv").sample(300, random_state=0).to_csv(
+        gemm / "measurements.csv", index=False
+    )
+    mlir = root / "mlir-cpu-local"
+    mlir.mkdir()
+    per_family: dict[str, int] = {}
+    with open(mlir / "programs.jsonl.gz", "wb") as fh:
+        for record in read_records(BUNDLED / "mlir-cpu-local" / "programs.jsonl.gz"):
+            if record.get("status") == "ok" and per_family.get(record["family"], 0) < 4:
+                per_family[record["family"]] = per_family.get(record["family"], 0) + 1
+                fh.write(gzip.compress((json.dumps(record) + "\n").encode(), mtime=0))
+    shutil.copy(BUNDLED / "mlir-cpu-local" / "environment.json", mlir)
     return root

@@ -29,7 +29,7 @@ MICRO_BATCH_MAX_INSTANCES = 64
 async def predict(http_request: Request, serving: ServingDep) -> JSONResponse:
     request = await read_json_body(http_request, CpuPredictRequest)
     check_batch(len(request.instances), serving.settings)
-    model = require_model(serving.snapshot, MODEL)
+    model = require_model(serving.snapshot, MODEL, serving.first_start)
     try:
         cpu.get_suite(model, request.suite)
     except cpu.UnknownSuiteError as exc:

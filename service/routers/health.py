@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.deps import RegistryDep
+from service.deps import RegistryDep, unloaded_reason
+from service.domains.contracts import DOMAINS
+from service.first_start import FirstStart
 
 router = APIRouter(tags=["health"])
 
@@ -16,11 +18,29 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(registry: RegistryDep) -> JSONResponse:
+async def readyz(request: Request, registry: RegistryDep) -> JSONResponse:
+    """Ready when a model serves; per domain, what serves or why nothing does (training on first start,
+    refused, or never published), so a 503 from a prediction route is explained here."""
     status = registry.status()
+    snapshot = registry.snapshot
+    first_start: FirstStart = request.app.state.first_start
+    domains = {}
+    for name in DOMAINS:
+        model = snapshot.get(name)
+        domains[name] = (
+            f"serving version {model.version}"
+            if model is not None
+            else first_start.reason(name) or unloaded_reason(snapshot, name)
+        )
+    body = {**status, "domains": domains}
+    training = first_start.status()
+    if training is not None:
+        body["first_start"] = training
     if status["loaded"]:
-        return JSONResponse({"status": "ready", **status})
+        return JSONResponse({"status": "ready", **body})
     reason = "no model is loaded"
-    if not status["refused"]:
+    if not status["refused"] and training is None:
         reason += f": {registry.model_dir} holds no published model (run 'perfcost train gemm')"
-    return JSONResponse({"status": "not ready", "reason": reason, **status}, status_code=503)
+    elif training is not None:
+        reason += ": the default models are training (see first_start)"
+    return JSONResponse({"status": "not ready", "reason": reason, **body}, status_code=503)

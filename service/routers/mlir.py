@@ -33,7 +33,7 @@ async def predict(http_request: Request, serving: ServingDep) -> JSONResponse:
         raise HTTPException(
             status_code=exc.status, detail=[{"field": f"instances.{exc.index}.mlir", "reason": str(exc)}]
         ) from exc
-    model = require_model(serving.snapshot, MODEL)
+    model = require_model(serving.snapshot, MODEL, serving.first_start)
     size = sum(len(inst.mlir) for inst in request.instances)
     if size > THREADPOOL_BYTES:
         rows = await run_in_threadpool(mlir.predict, request.instances, request.coverage, model)

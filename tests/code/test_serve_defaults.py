@@ -4,43 +4,15 @@ CPU model offline."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
-import shutil
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from service.model import list_versions
 from service.settings import Settings
-from training.collect.mlir.records import read_records
-from training.serve import ensure_default_models
-
-BUNDLED = Path(__file__).resolve().parents[2] / "datasets"
-
-
-@pytest.fixture
-def small_bundle(tmp_path: Path) -> Path:
-    """The bundled datasets, cut to a few hundred GEMM rows and four programs per MLIR family."""
-    root = tmp_path / "datasets"
-    gemm = root / "cpu-gemm-local"
-    gemm.mkdir(parents=True)
-    shutil.copy(BUNDLED / "cpu-gemm-local" / "device.json", gemm)
-    pd.read_csv(BUNDLED / "cpu-gemm-local" / "measurements.csv").sample(300, random_state=0).to_csv(
-        gemm / "measurements.csv", index=False
-    )
-    mlir = root / "mlir-cpu-local"
-    mlir.mkdir()
-    per_family: dict[str, int] = {}
-    with open(mlir / "programs.jsonl.gz", "wb") as fh:
-        for record in read_records(BUNDLED / "mlir-cpu-local" / "programs.jsonl.gz"):
-            if record.get("status") == "ok" and per_family.get(record["family"], 0) < 4:
-                per_family[record["family"]] = per_family.get(record["family"], 0) + 1
-                fh.write(gzip.compress((json.dumps(record) + "\n").encode(), mtime=0))
-    shutil.copy(BUNDLED / "mlir-cpu-local" / "environment.json", mlir)
-    return root
+from training.first_start import ensure_default_models
 
 
 def test_empty_model_dir_gets_gemm_and_mlir_and_a_note_about_cpu(

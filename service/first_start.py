@@ -65,11 +65,17 @@ class FirstStart:
             return f"the {name!r} model waits to be trained on first start"
         return f"first start {state} the {name!r} model: {entry.get('detail', '')}".rstrip(": ")
 
+    def stale(self, name: str) -> str | None:
+        """Why a serving model ``name`` is out of date with the data on disk, if first start found so."""
+        entry = (self.status() or {}).get("models", {}).get(name, {})
+        return entry.get("detail") if entry.get("state") == "stale" else None
+
     def start(self, loaded: set[str]) -> None:
+        """Train what is missing; also when nothing is, to check the served models against the data."""
         missing = [name for name in DEFAULTS if name not in loaded]
-        if not missing:
-            return
         if importlib.util.find_spec("training") is None:
+            if not missing:
+                return
             self.note = (
                 "no model is published and this installation has no training code; install perfcost with "
                 "its training package and run 'perfcost train gemm' (mlir, cpu), then reload"
@@ -78,16 +84,19 @@ class FirstStart:
             return
         self.status_path.unlink(missing_ok=True)
         self.missing = missing
-        self._task = asyncio.get_running_loop().create_task(self._run(missing))
+        self._task = asyncio.get_running_loop().create_task(self._run(list(DEFAULTS)))
 
-    async def _run(self, missing: list[str]) -> None:
+    async def _run(self, names: list[str]) -> None:
         env = dict(os.environ)
         for name in SHARED_SETTINGS:
             value = getattr(self.settings, name)
             env.pop(f"PERFCOST_{name.upper()}", None)
             if value is not None:
                 env[f"PERFCOST_{name.upper()}"] = str(value)
-        log.info("first start: training the default %s model(s) in the background", ", ".join(missing))
+        if self.missing:
+            log.info(
+                "first start: training the default %s model(s) in the background", ", ".join(self.missing)
+            )
         # A session of its own, so that stopping it stops the worker processes its fits start too.
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -96,7 +105,7 @@ class FirstStart:
             "--status",
             str(self.status_path),
             "--only",
-            ",".join(missing),
+            ",".join(names),
             env=env,
             start_new_session=True,
         )

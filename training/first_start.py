@@ -111,7 +111,20 @@ def ensure_default_models(
     mirrored (otherwise say how to add it). Returns the status document."""
     servable = ModelRegistry(settings.model_dir, DOMAINS).reload().models
     names = [name for name in ORDER if name in only and name not in servable]
-    progress = Progress(status, names)
+    stale = {}
+    if "gemm" in only and "gemm" in servable:
+        trained = {d.get("name") for d in servable["gemm"].card.get("datasets", [])}
+        new = [d for d in default_gemm_datasets(settings) if d not in trained]
+        if new:
+            stale["gemm"] = (
+                f"version {servable['gemm'].version} was trained without {', '.join(new)}, which is now "
+                "cached or mirrored: run 'perfcost train gemm', then reload (POST /v1/admin/reload or "
+                "kill -HUP) to serve a model that knows it"
+            )
+            log.warning("the GEMM model is out of date: %s", stale["gemm"])
+    progress = Progress(status, [*names, *stale])
+    for name, detail in stale.items():
+        progress.set(name, "stale", detail)
     failed = False
     for name in names:
         reason = why_not(name, settings)

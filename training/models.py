@@ -55,6 +55,8 @@ CANDIDATES = ("lightgbm", "random_forest")
 # extrapolation (per group, fit on the rows up to its EXTRAPOLATE_QUANTILE of FLOPs, residuals on the rest:
 # what a request larger than anything trained on its device meets).
 REGIMES = ("seen", "unseen", "extrapolate")
+# What each regime's CV holds out, in words that fit every domain's groups (devices, CPU models, families).
+REGIME_LABELS = {"seen": "K-fold", "unseen": "held-out-group", "extrapolate": "size-extrapolation"}
 EXTRAPOLATE_QUANTILE = 0.8
 SIZE_COLUMN = "log_flops"
 
@@ -286,7 +288,8 @@ class CostRegressor(RegressorMixin, BaseEstimator):
                 "median_ape": float(np.median(ape)),
                 "seconds": round(time.perf_counter() - started, 1),
             }
-            log.info("  %s %s-device CV: MAPE %.4f", label, regime, self.cv_scores_[label][regime]["mape"])
+            mape = self.cv_scores_[label][regime]["mape"]
+            log.info("  %s %s CV: MAPE %.4f", label, REGIME_LABELS[regime], mape)
 
         # Selection by the mean MAPE over the selecting regimes these rows allow (the first always does).
         selecting = [regime for regime in self._select_regimes() if regime in regimes]

@@ -27,11 +27,11 @@ async def readyz(request: Request, registry: RegistryDep) -> JSONResponse:
     domains = {}
     for name in DOMAINS:
         model = snapshot.get(name)
-        domains[name] = (
-            f"serving version {model.version}"
-            if model is not None
-            else first_start.reason(name) or unloaded_reason(snapshot, name)
-        )
+        if model is None:
+            domains[name] = first_start.reason(name) or unloaded_reason(snapshot, name)
+        else:
+            stale = first_start.stale(name)
+            domains[name] = f"serving version {model.version}" + (f"; out of date: {stale}" if stale else "")
     body = {**status, "domains": domains}
     training = first_start.status()
     if training is not None:

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
+from tests.conftest import MIRROR
 
 GEMM = {"instances": [{"m": 512, "n": 512, "k": 512, "device": "AMD EPYC (2 cores)"}]}
 PROGRAM = {
@@ -91,6 +92,15 @@ def test_an_empty_model_dir_answers_at_once_and_serves_each_model_once_trained(
         wait_for(lambda: process.returncode is not None, 60)
     # Stopped with the service: nothing of its session is left running (its workers included).
     wait_for(lambda: not session_alive(process.pid), 15)
+
+    # Restarted with a public GEMM dataset now mirrored: the served GEMM model predates it, and says so.
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "gpperf-rtx4070-tiled").symlink_to(MIRROR / "gpperf-rtx4070-tiled")
+    with TestClient(create_app(settings.model_copy(update={"data_mirror": mirror}))) as client:
+        wait_for(lambda: "out of date" in client.get("/readyz").json()["domains"]["gemm"], 60)
+        gemm = client.get("/readyz").json()["domains"]["gemm"]
+        assert "gpperf-rtx4070-tiled" in gemm and "perfcost train gemm" in gemm
 
 
 def test_a_service_without_training_says_how_to_get_models(tmp_path: Path) -> None:

@@ -164,6 +164,23 @@ def test_unseen_ops_are_out_of_distribution_with_wider_intervals(
         assert np.log(u["high"] / u["low"]) >= np.log(k["high"] / k["low"]) - 1e-9
 
 
+MATMUL = (
+    "func.func @main(%a: tensor<64x64xf32>, %b: tensor<64x64xf32>, %c: tensor<64x64xf32>)"
+    " -> tensor<64x64xf32> {\n"
+    "  %0 = linalg.matmul ins(%a, %b : tensor<64x64xf32>, tensor<64x64xf32>) outs(%c : tensor<64x64xf32>)"
+    " -> tensor<64x64xf32>\n  return %0 : tensor<64x64xf32>\n}\n"
+)
+
+
+def test_a_program_simpler_than_the_training_programs_is_not_out_of_distribution_for_it(
+    client: TestClient,
+) -> None:
+    """Two ops, no loops: fewer ops and a shallower nesting than any training program are no reason to
+    doubt a prediction of seen ops; more ops or deeper nesting than any would be."""
+    (row,) = client.post("/v1/mlir/predict", json={"instances": [{"mlir": MATMUL}]}).json()["predictions"]
+    assert not any("op count" in r or "nesting depth" in r for r in row["ood_reasons"]), row["ood_reasons"]
+
+
 def program_of(size: int, body: str) -> str:
     """A valid module of exactly ``size`` bytes: ``body`` inside a function, padded with a comment."""
     text = f"func.func @main() {{\n{body}\n  return\n}}\n// "

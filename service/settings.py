@@ -50,6 +50,11 @@ class Settings(BaseSettings):
 
     # Request limits and server timeouts: every one of them is set here.
     max_batch: int = Field(default=10_000, ge=1, description="Most instances one request may carry.")
+    max_search_rows: int = Field(
+        default=20_000,
+        ge=1,
+        description="Most GEMMs one search may predict (candidate devices x configurations x layers).",
+    )
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Largest request body accepted."
     )

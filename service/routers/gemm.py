@@ -9,10 +9,16 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import ServingDep, check_batch, require_model
-from service.domains import gemm
+from service.domains import gemm, gemm_search
 from service.routing import json_body, read_json_body
 from service.schemas.common import error_responses
-from service.schemas.gemm import GemmPredictRequest, GemmPredictResponse
+from service.schemas.gemm import (
+    GemmInstance,
+    GemmPredictRequest,
+    GemmPredictResponse,
+    GemmSearchRequest,
+    GemmSearchResponse,
+)
 
 router = APIRouter(prefix="/v1/gemm", tags=["gemm"])
 MODEL = "gemm"
@@ -46,3 +52,35 @@ async def predict(http_request: Request, serving: ServingDep) -> JSONResponse:
     # Rows are built by the predictor in the documented shape; serialising them directly skips a second
     # validation pass that costs ~40% of a 10,000-instance request.
     return JSONResponse({"model": model.name, "version": model.version, "predictions": rows})
+
+
+@router.post(
+    "/search",
+    openapi_extra=json_body(GemmSearchRequest),
+    response_model=GemmSearchResponse,
+    responses=error_responses(404, 413, 422, 503),
+)
+async def search(http_request: Request, serving: ServingDep) -> JSONResponse:
+    """Which device and configuration runs a workload fastest, with the least energy or at the lowest
+    cost, within power, cost and time limits: candidates ranked, and why the others were excluded."""
+    request = await read_json_body(http_request, GemmSearchRequest)
+    model = require_model(serving.snapshot, MODEL, serving.first_start)
+    devices = gemm_search.candidate_devices(request, serving.catalog)
+    try:
+        gemm.resolve_devices(
+            [GemmInstance.model_construct(m=1, n=1, k=1, device=d) for d in devices],
+            serving.catalog,
+            gemm.model_devices(model),
+        )
+    except gemm.UnknownDeviceError as exc:
+        raise HTTPException(
+            status_code=404, detail=[{"field": f"devices.{exc.index}", "reason": str(exc)}]
+        ) from exc
+    run = partial(
+        gemm_search.search, model=model, catalog=serving.catalog, max_rows=serving.settings.max_search_rows
+    )
+    try:
+        answer = await run_in_threadpool(run, request)
+    except gemm_search.SearchTooLarge as exc:
+        raise HTTPException(status_code=413, detail=[{"field": "workload", "reason": str(exc)}]) from exc
+    return JSONResponse(answer)

@@ -1,8 +1,8 @@
-"""GEMM request/response schemas (``POST /v1/gemm/predict``)."""
+"""GEMM request/response schemas (``POST /v1/gemm/predict``, ``POST /v1/gemm/search``)."""
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Literal, Self
 
 from pydantic import ConfigDict, Field, StrictFloat, model_validator
 
@@ -14,16 +14,8 @@ MAX_DIM = 1 << 24  # 16M: far past any measured GEMM; larger sizes are input err
 MAX_BATCH_DIM = 1 << 20
 
 
-class GemmInstance(Strict):
-    # The schema states what one_device enforces, so clients and generated tests see it too.
-    model_config = ConfigDict(
-        json_schema_extra={
-            "oneOf": [
-                {"required": ["device"], "properties": {"device": {"type": "string"}}},
-                {"required": ["device_spec"], "properties": {"device_spec": {"type": "object"}}},
-            ]
-        }
-    )
+class GemmShape(Strict):
+    """The product: sizes, batch, op, dtype, layout and scaling factors."""
 
     m: Int = Field(gt=0, le=MAX_DIM, description="Rows of A and C")
     n: Int = Field(gt=0, le=MAX_DIM, description="Columns of B and C")
@@ -32,13 +24,19 @@ class GemmInstance(Strict):
     op: Op = "gemm"
     dtype: Dtype = "float32"
     layout: Layout | None = None
+    alpha: StrictFloat | None = None
+    beta: StrictFloat | None = None
+
+
+class GemmConfiguration(Strict):
+    """How the product is computed: a kernel and its tile or tuning parameters, CPU threads (all optional:
+    unset means the library's own choice)."""
+
     kernel: str | None = Field(default=None, max_length=200, description="Kernel name, e.g. a CUTLASS kernel")
     tile_m: OptionalInt = Field(default=None, gt=0, le=4096)
     tile_n: OptionalInt = Field(default=None, gt=0, le=4096)
     tile_k: OptionalInt = Field(default=None, gt=0, le=4096)
     stages: OptionalInt = Field(default=None, gt=0, le=64)
-    alpha: StrictFloat | None = None
-    beta: StrictFloat | None = None
     threads: OptionalInt = Field(default=None, gt=0, le=4096, description="CPU threads used")
     mwg: OptionalInt = Field(default=None, gt=0, le=4096)
     nwg: OptionalInt = Field(default=None, gt=0, le=4096)
@@ -54,6 +52,19 @@ class GemmInstance(Strict):
     strn: OptionalInt = Field(default=None, ge=0, le=1)
     sa: OptionalInt = Field(default=None, ge=0, le=1)
     sb: OptionalInt = Field(default=None, ge=0, le=1)
+
+
+class GemmInstance(GemmConfiguration, GemmShape):
+    # The schema states what one_device enforces, so clients and generated tests see it too.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["device"], "properties": {"device": {"type": "string"}}},
+                {"required": ["device_spec"], "properties": {"device_spec": {"type": "object"}}},
+            ]
+        }
+    )
+
     device: str | None = Field(default=None, min_length=1, max_length=200, description="Catalog device name")
     device_spec: DeviceSpec | None = Field(
         default=None, description="Inline specs of a device the catalog lacks"
@@ -89,3 +100,56 @@ class GemmPrediction(Strict):
 
 class GemmPredictResponse(ModelRef):
     predictions: list[GemmPrediction]
+
+
+class GemmLayer(GemmShape):
+    count: Int = Field(default=1, gt=0, le=1_000_000, description="How often the workload runs this GEMM")
+
+
+class SearchConstraints(Strict):
+    max_power_w: StrictFloat | None = Field(default=None, gt=0, description="Highest power of any layer")
+    max_cost_usd: StrictFloat | None = Field(default=None, gt=0, description="Cost of the whole workload")
+    max_time_ms: StrictFloat | None = Field(default=None, gt=0, description="Time of the whole workload")
+
+
+Objective = Literal["time", "energy", "cost"]
+
+
+class GemmSearchRequest(Strict):
+    workload: list[GemmLayer] = Field(min_length=1, description="The GEMMs of one run, each with its count")
+    devices: list[str] | None = Field(
+        default=None, min_length=1, description="Candidate catalog devices (default: the whole catalog)"
+    )
+    configurations: list[GemmConfiguration] = Field(
+        default_factory=lambda: [GemmConfiguration()],
+        min_length=1,
+        description="Candidate kernel / tile / tuning configurations (default: the library's own choice)",
+    )
+    objective: Objective = Field(default="time", description="What the ranking minimises")
+    constraints: SearchConstraints = Field(default_factory=SearchConstraints)
+    coverage: StrictFloat = Field(default=0.9, gt=0.0, lt=1.0, description="Coverage of the intervals")
+    top: Int = Field(default=10, gt=0, le=1000, description="How many ranked candidates to return")
+
+
+class SearchCandidate(Strict):
+    device: str
+    configuration: dict[str, Any] = Field(description="The configuration's set fields")
+    time_ms: Interval
+    energy_j: Interval | None
+    cost_usd: Interval | None
+    max_power_w: Interval | None
+    out_of_distribution: bool
+    ood_reasons: list[str]
+
+
+class SearchExclusion(Strict):
+    device: str
+    configuration: dict[str, Any]
+    reason: str
+
+
+class GemmSearchResponse(ModelRef):
+    objective: Objective
+    candidates_considered: int
+    ranked: list[SearchCandidate]
+    excluded: list[SearchExclusion]

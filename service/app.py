@@ -11,11 +11,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -39,6 +41,7 @@ from service.routing import add_body_schemas
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+WEB = Path(__file__).resolve().parent / "web"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -211,6 +214,26 @@ def _answer_errors_by_field(app: FastAPI) -> None:
         )
 
 
+def _add_routes(app: FastAPI, metrics: Metrics) -> None:
+    # Routes are matched in order, one regex each: prediction routes first, as they take the traffic.
+    app.include_router(gemm.router)
+    app.include_router(cpu.router)
+    app.include_router(mlir.router)
+    app.include_router(health.router)
+    app.include_router(models.router)
+
+    # The page at / is static files calling the JSON API; it computes nothing itself.
+    app.mount("/web", StaticFiles(directory=WEB), name="web")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(WEB / "index.html")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     registry = ModelRegistry(settings.model_dir, DOMAINS)
@@ -267,17 +290,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.batcher = MicroBatcher()
     app.state.reload = reload
     app.state.first_start = first_start
-    # Routes are matched in order, one regex each: prediction routes first, as they take the traffic.
-    app.include_router(gemm.router)
-    app.include_router(cpu.router)
-    app.include_router(mlir.router)
-    app.include_router(health.router)
-    app.include_router(models.router)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
+    _add_routes(app, metrics)
     _answer_errors_by_field(app)
     app.add_middleware(
         LimitsAndMetrics,

@@ -153,6 +153,16 @@ def predict(
     ood = _ood_reasons(rows, computed.flops, beyond, model, trained)
     peak_flops = (computed.peak_gflops * 1e9).tolist()
     flops_list = computed.flops.tolist()
+    rooflines = [
+        {"flops": f, "bytes": b, "peak_gflops": p, "bandwidth_gbps": w}
+        for f, b, p, w in zip(
+            flops_list,
+            computed.bytes.tolist(),
+            computed.peak_gflops.tolist(),
+            computed.bandwidth_gbps.tolist(),
+            strict=True,
+        )
+    ]
     intervals = {target: _intervals(pred) for target, (pred, _) in results.items()}
 
     label = f"{model.name} {model.version}"
@@ -201,6 +211,7 @@ def predict(
             row["co2_g"] = {key: energy[key] / J_PER_KWH * inst.grid_gco2_per_kwh for key in energy}
         elif inst.grid_gco2_per_kwh is not None:
             row["unavailable"]["co2_g"] = "needs an energy prediction, which is unavailable for this device"
+        row["roofline"] = rooflines[i]
         row["ood_reasons"] = ood[i]
         row["out_of_distribution"] = bool(ood[i])
         out.append(row)

@@ -278,6 +278,7 @@ def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarra
         "k": k,
         "log_k": np.log2(k),
         "flops": total_flops,
+        "bytes": total_bytes,
         "log_flops": np.log(total_flops),
         "log_item_flops": np.log(total_flops / b),
         "outer_product": (k == 1).astype(float),
@@ -312,7 +313,7 @@ def with_k(matrix: np.ndarray, k: float) -> np.ndarray:
     codes = np.nan_to_num(columns["dtype_code"], nan=len(DTYPES)).astype(np.intp)
     out = np.array(matrix, dtype=float, copy=True)
     for col, values in _k_columns(columns, np.full(len(matrix), float(k)), _CODE_BYTES[codes]).items():
-        if col in _COLUMN_INDEX:  # "flops" rides along for featurize, and is no feature column
+        if col in _COLUMN_INDEX:  # "flops" and "bytes" ride along for featurize: no feature columns
             out[:, _COLUMN_INDEX[col]] = values
     return out
 
@@ -330,7 +331,9 @@ class GemmFeatures:
 
     matrix: np.ndarray
     flops: np.ndarray
+    bytes: np.ndarray
     peak_gflops: np.ndarray
+    bandwidth_gbps: np.ndarray
 
 
 def feature_matrix(rows: Rows, devices: Mapping[str, DeviceSpec]) -> np.ndarray:
@@ -365,7 +368,9 @@ def featurize(rows: Rows, devices: Mapping[str, DeviceSpec]) -> GemmFeatures:
     matrix = np.empty((n_rows, len(FEATURE_COLUMNS)))
     for j, col in enumerate(FEATURE_COLUMNS):
         matrix[:, j] = out[col]
-    return GemmFeatures(matrix, out["flops"], out["peak_gflops"])
+    return GemmFeatures(
+        matrix, out["flops"], out["bytes"], out["peak_gflops"], out["dev_memory_bandwidth_gbps"]
+    )
 
 
 def _config_columns(rows: Rows, n_rows: int, dtypes: list[Any], kernels: list[Any]) -> dict[str, np.ndarray]:

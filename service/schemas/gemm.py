@@ -86,6 +86,16 @@ class GemmPredictRequest(Strict):
     )
 
 
+class Roofline(Strict):
+    """Where the GEMM sits on its device's roofline: the work, the bytes it moves at least, and the peaks
+    its dtype and configuration can use (achieved rate = flops / runtime)."""
+
+    flops: float
+    bytes: float
+    peak_gflops: float
+    bandwidth_gbps: float
+
+
 class GemmPrediction(Strict):
     runtime_ms: Interval | None
     power_w: Interval | None
@@ -94,6 +104,7 @@ class GemmPrediction(Strict):
     cost_usd: Interval | None = None
     co2_g: Interval | None = None
     unavailable: dict[str, str] = Field(default_factory=dict, description="Why a target is null")
+    roofline: Roofline
     out_of_distribution: bool
     ood_reasons: list[str]
 

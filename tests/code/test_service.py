@@ -214,8 +214,10 @@ def test_batch_over_the_limit_is_413(model_dir: Path) -> None:
 
 
 def test_request_over_its_time_budget_is_503_naming_the_setting(model_dir: Path) -> None:
-    rows = [{**GOOD, "m": 16 + i} for i in range(5000)]
-    with make_client(model_dir, request_timeout_s=0.01) as c:
+    # 8,000 rows take well over 50 ms to predict; a liveness probe takes well under it, even on a busy
+    # machine (a 10 ms budget failed the probe with four jobs sharing two cores).
+    rows = [{**GOOD, "m": 16 + i} for i in range(8000)]
+    with make_client(model_dir, request_timeout_s=0.05) as c:
         r = predict(c, *rows)
         assert r.status_code == 503
         detail = r.json()["detail"][0]

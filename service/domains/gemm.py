@@ -193,8 +193,11 @@ def predict(
                     row["unavailable"][target] = "the prediction is not a finite number for this input"
         runtime = row["runtime_ms"]
         if runtime is not None:
+            # Runtime is never below the roofline, so this is at most 1 but for the rounding of exp(log t)
+            # (1.0000000000000002 at the floor), which min() removes.
             achieved = [
-                flops_list[i] / (runtime[key] / 1e3) / peak_flops[i] for key in ("value", "high", "low")
+                min(1.0, flops_list[i] / (runtime[key] / 1e3) / peak_flops[i])
+                for key in ("value", "high", "low")
             ]
             row["utilization"] = dict(zip(("value", "low", "high"), achieved, strict=True))
             price = (

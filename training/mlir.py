@@ -111,6 +111,7 @@ def fit_mlir(
     n_splits: int = 5,
     grouped: bool = True,
     candidates: tuple[str, ...] = CANDIDATES,
+    group_folds: int | None = None,
 ) -> tuple[dict[str, tuple[CostRegressor, dict[str, Any]]], mlir_features.RuntimeBaseline]:
     """The runtime baseline fitted on ``frame``'s runtimes, and one regressor per target with enough rows
     on ``table`` (:func:`service.features.mlir.summary_table`) plus that baseline. ``grouped`` adds the
@@ -132,6 +133,7 @@ def fit_mlir(
         model = CostRegressor(
             candidates=candidates,
             n_splits=n_splits,
+            group_folds=group_folds,
             select_by="unseen" if grouped else "seen",
             baseline=mlir_features.BASELINE_COLUMN if target == "runtime_ms" else None,
         ).fit(features.loc[mask], y, groups=groups)
@@ -178,6 +180,7 @@ def publish_mlir(
     dataset: dict[str, Any] | None = None,
     n_splits: int = 5,
     candidates: tuple[str, ...] = CANDIDATES,
+    group_folds: int | None = None,
 ) -> Path:
     """Fit every target on measured programs (``frame`` as :func:`training.data.mlir.measured` returns)
     and publish one version with its card (domain, feature version and columns, training profile)."""
@@ -185,7 +188,9 @@ def publish_mlir(
     environment = environment or {}
     summaries = [mlir_features.summarize(t) for t in frame["mlir"]]
     table = mlir_features.summary_table(summaries)
-    models, baseline = fit_mlir(frame, table, n_splits=n_splits, candidates=candidates)
+    models, baseline = fit_mlir(
+        frame, table, n_splits=n_splits, candidates=candidates, group_folds=group_folds
+    )
     device = environment.get("cpu_model") or "local CPU"
     limits = ceilings(environment)
     for target, (_, extra) in models.items():
@@ -205,8 +210,8 @@ def publish_mlir(
     return publish(settings.model_dir, name, card, models)
 
 
-# First start trains one candidate with three folds, so the service serves MLIR within about a minute and
-# a half on 2 cores (the full configuration took 342 s there); `perfcost train mlir` trains the full one.
+# First start trains one candidate with three folds of each kind: 109 s on 2 cores (the full configuration
+# took 342 s there); `perfcost train mlir` trains the full one.
 QUICK_CANDIDATES, QUICK_SPLITS = ("lightgbm",), 3
 
 
@@ -222,7 +227,9 @@ def train_mlir_model(
     dataset = {"name": data.name, "rejected": data.report.rejected}
     if quick:
         dataset["configuration"] = "first-start (quick)"
-        return publish_mlir(frame, settings, name, data.environment, dataset, QUICK_SPLITS, QUICK_CANDIDATES)
+        return publish_mlir(
+            frame, settings, name, data.environment, dataset, QUICK_SPLITS, QUICK_CANDIDATES, QUICK_SPLITS
+        )
     return publish_mlir(frame, settings, name, data.environment, dataset)
 
 

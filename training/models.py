@@ -165,6 +165,7 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         n_splits: int = 5,
         select_by: str | tuple[str, ...] = "seen",
         max_cv_rows: int = 40_000,
+        group_folds: int | None = None,
         increasing: tuple[str, ...] = (),
         regimes: tuple[str, ...] = ("seen", "unseen"),
         baseline: str | None = None,
@@ -176,6 +177,7 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         self.n_splits = n_splits
         self.select_by = select_by
         self.max_cv_rows = max_cv_rows
+        self.group_folds = group_folds
         self.increasing = increasing
         self.regimes = regimes
         self.baseline = baseline
@@ -237,8 +239,8 @@ class CostRegressor(RegressorMixin, BaseEstimator):
             regimes["seen"] = list(KFold(n_splits, shuffle=True, random_state=self.random_state).split(X_cv))
         n_groups = len(np.unique(g_cv)) if g_cv is not None else 0
         if n_groups >= 3 and "unseen" in self.regimes:
-            # Leave one device out; at most four folds on a subsample, five on full data.
-            folds = min(n_groups, 4 if n > self.max_cv_rows else 5)
+            # Leave one device out; at most four folds on a subsample, five on full data (or group_folds).
+            folds = min(n_groups, self.group_folds or (4 if n > self.max_cv_rows else 5))
             regimes["unseen"] = list(GroupKFold(folds).split(X_cv, y_cv, g_cv))
         if "extrapolate" in self.regimes and SIZE_COLUMN in X_cv.columns:
             train_part, test_part = extrapolation_fold(X_cv[SIZE_COLUMN].to_numpy(dtype=float), g_cv)

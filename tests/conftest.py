@@ -132,3 +132,14 @@ def small_bundle(tmp_path: Path) -> Path:
                 fh.write(gzip.compress((json.dumps(record) + "\n").encode(), mtime=0))
     shutil.copy(BUNDLED / "mlir-cpu-local" / "environment.json", mlir)
     return root
+
+
+@pytest.fixture
+def offline_settings(tmp_path: Path, small_bundle: Path) -> Settings:
+    """A machine with the small bundle only: no public data cached or mirrored, an empty model dir."""
+    return Settings(
+        model_dir=tmp_path / "models",
+        bundled_data_dir=small_bundle,
+        data_mirror=tmp_path / "no-mirror",
+        data_home=tmp_path / "cache",
+    )

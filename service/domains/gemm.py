@@ -46,6 +46,12 @@ def model_devices(model: TabularModel) -> dict[str, DeviceSpec]:
     return devices
 
 
+def lookup_device(name: str, catalog: DeviceCatalog, trained_lower: dict[str, DeviceSpec]) -> DeviceSpec:
+    """A device by name: one the model was trained on (its recorded specs, any case), else the catalog's;
+    :class:`DeviceError` naming it otherwise."""
+    return trained_lower.get(name.lower()) or catalog.get(name)
+
+
 def resolve_devices(
     instances: list[GemmInstance], catalog: DeviceCatalog, trained: dict[str, DeviceSpec]
 ) -> tuple[list[str], dict[str, DeviceSpec]]:
@@ -58,10 +64,10 @@ def resolve_devices(
             spec = inst.device_spec
         else:
             assert inst.device is not None
-            found = by_request_name.get(inst.device) or trained_lower.get(inst.device.lower())
+            found = by_request_name.get(inst.device)
             if found is None:
                 try:
-                    found = catalog.get(inst.device)
+                    found = lookup_device(inst.device, catalog, trained_lower)
                 except DeviceError as exc:
                     raise UnknownDeviceError(i, str(exc)) from exc
             by_request_name[inst.device] = spec = found

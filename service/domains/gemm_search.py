@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.devices import DeviceCatalog
+from service.devices import DeviceCatalog, DeviceError
 from service.domains import gemm
 from service.model import TabularModel
 from service.schemas.gemm import GemmConfiguration, GemmInstance, GemmSearchRequest
@@ -20,8 +20,18 @@ class SearchTooLarge(ValueError):
     """More predictions than the server allows one search (PERFCOST_MAX_SEARCH_ROWS)."""
 
 
-def candidate_devices(request: GemmSearchRequest, catalog: DeviceCatalog) -> list[str]:
-    return list(request.devices) if request.devices is not None else sorted(d.name for d in catalog)
+def candidate_devices(request: GemmSearchRequest, catalog: DeviceCatalog, model: TabularModel) -> list[str]:
+    """The devices to consider: the request's (each checked: :class:`gemm.UnknownDeviceError` with its
+    index), or the whole catalog."""
+    if request.devices is None:
+        return sorted(d.name for d in catalog)
+    trained_lower = {n.lower(): s for n, s in gemm.model_devices(model).items()}
+    for i, name in enumerate(request.devices):
+        try:
+            gemm.lookup_device(name, catalog, trained_lower)
+        except DeviceError as exc:
+            raise gemm.UnknownDeviceError(i, str(exc)) from exc
+    return list(request.devices)
 
 
 def instances(
@@ -95,7 +105,7 @@ def _exclusion(priced: dict[str, Any], request: GemmSearchRequest, first: dict[s
 def search(
     request: GemmSearchRequest, model: TabularModel, catalog: DeviceCatalog, max_rows: int
 ) -> dict[str, Any]:
-    devices = candidate_devices(request, catalog)
+    devices = candidate_devices(request, catalog, model)
     batch, candidates = instances(request, devices, max_rows)
     rows = gemm.predict(batch, request.coverage, model, catalog)
     counts = [layer.count for layer in request.workload]

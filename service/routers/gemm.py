@@ -13,7 +13,6 @@ from service.domains import gemm, gemm_search
 from service.routing import json_body, read_json_body
 from service.schemas.common import error_responses
 from service.schemas.gemm import (
-    GemmInstance,
     GemmPredictRequest,
     GemmPredictResponse,
     GemmSearchRequest,
@@ -24,6 +23,10 @@ router = APIRouter(prefix="/v1/gemm", tags=["gemm"])
 MODEL = "gemm"
 # Larger requests are already batches: they run in a worker thread instead of joining a micro-batch.
 MICRO_BATCH_MAX_INSTANCES = 64
+
+
+def unknown_device(exc: gemm.UnknownDeviceError, field: str) -> HTTPException:
+    return HTTPException(status_code=404, detail=[{"field": field, "reason": str(exc)}])
 
 
 @router.post(
@@ -41,9 +44,7 @@ async def predict(http_request: Request, serving: ServingDep) -> JSONResponse:
         # Devices are resolved per request first, so an unknown one fails only its own request.
         gemm.resolve_devices(request.instances, catalog, gemm.model_devices(model))
     except gemm.UnknownDeviceError as exc:
-        raise HTTPException(
-            status_code=404, detail=[{"field": f"instances.{exc.index}.device", "reason": str(exc)}]
-        ) from exc
+        raise unknown_device(exc, f"instances.{exc.index}.device") from exc
     run = partial(gemm.predict, coverage=request.coverage, model=model, catalog=catalog)
     if len(request.instances) > MICRO_BATCH_MAX_INSTANCES:
         rows = await run_in_threadpool(run, request.instances)
@@ -65,22 +66,13 @@ async def search(http_request: Request, serving: ServingDep) -> JSONResponse:
     cost, within power, cost and time limits: candidates ranked, and why the others were excluded."""
     request = await read_json_body(http_request, GemmSearchRequest)
     model = require_model(serving.snapshot, MODEL, serving.first_start)
-    devices = gemm_search.candidate_devices(request, serving.catalog)
-    try:
-        gemm.resolve_devices(
-            [GemmInstance.model_construct(m=1, n=1, k=1, device=d) for d in devices],
-            serving.catalog,
-            gemm.model_devices(model),
-        )
-    except gemm.UnknownDeviceError as exc:
-        raise HTTPException(
-            status_code=404, detail=[{"field": f"devices.{exc.index}", "reason": str(exc)}]
-        ) from exc
     run = partial(
         gemm_search.search, model=model, catalog=serving.catalog, max_rows=serving.settings.max_search_rows
     )
     try:
         answer = await run_in_threadpool(run, request)
+    except gemm.UnknownDeviceError as exc:
+        raise unknown_device(exc, f"devices.{exc.index}") from exc
     except gemm_search.SearchTooLarge as exc:
         raise HTTPException(status_code=413, detail=[{"field": "workload", "reason": str(exc)}]) from exc
     return JSONResponse(answer)

@@ -55,15 +55,9 @@ def session_alive(pgid: int) -> bool:
 
 
 def test_an_empty_model_dir_answers_at_once_and_serves_each_model_once_trained(
-    tmp_path: Path, small_bundle: Path
+    tmp_path: Path, offline_settings: Settings
 ) -> None:
-    settings = Settings(
-        model_dir=tmp_path / "models",
-        bundled_data_dir=small_bundle,
-        data_mirror=tmp_path / "no-mirror",
-        data_home=tmp_path / "cache",
-        train_missing=True,
-    )
+    settings = offline_settings.model_copy(update={"train_missing": True})
     started = time.monotonic()
     with TestClient(create_app(settings)) as client:
         assert client.get("/healthz").status_code == 200

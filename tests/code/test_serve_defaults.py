@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
 
@@ -16,14 +15,9 @@ from training.first_start import ensure_default_models
 
 
 def test_empty_model_dir_gets_gemm_and_mlir_and_a_note_about_cpu(
-    tmp_path: Path, small_bundle: Path, caplog: pytest.LogCaptureFixture
+    offline_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = Settings(
-        model_dir=tmp_path / "models",
-        bundled_data_dir=small_bundle,
-        data_mirror=tmp_path / "no-mirror",
-        data_home=tmp_path / "cache",
-    )
+    settings = offline_settings
     with caplog.at_level(logging.INFO):
         ensure_default_models(settings)
     assert len(list_versions(settings.model_dir, "gemm")) == 1

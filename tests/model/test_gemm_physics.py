@@ -190,8 +190,9 @@ def test_group_device_keeps_the_held_out_device_out_of_every_training_source(
         return test
 
     monkeypatch.setattr(evaluate, "_held_out", record)
-    evaluate._group_device(deepbench.frame, dict(deepbench.devices), 0, neusight)
+    _, n_train = evaluate._group_device(deepbench.frame, dict(deepbench.devices), 0, neusight)
     assert len(folds) == deepbench.frame["device"].nunique()
+    assert n_train == int(np.mean([len(train) for train, _ in folds]))
     shared = set(deepbench.frame["device"]) & set(neusight["device"])
     assert shared, "the check needs a device both datasets hold"
     for train, test in folds:

@@ -141,15 +141,16 @@ def calibration_rows(held: pd.DataFrame, sweep: pd.DataFrame, count: int) -> pd.
 
 def _group_device(
     frame: pd.DataFrame, devices: dict[str, DeviceSpec], calibrate: int, extra: pd.DataFrame | None = None
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, int]:
     """Each device of ``frame`` held out in turn; training is the other devices' rows of ``frame`` and of
-    ``extra`` (other datasets), so the held-out device is unseen in every source."""
+    ``extra`` (other datasets), so the held-out device is unseen in every source. Returns the held-out
+    predictions and the mean number of training rows per fold."""
     names = sorted(frame["device"].unique())
     if len(names) < 3:
         raise DatasetError(f"group-device needs at least 3 devices, the data have {len(names)}")
     sweep = calibration_sweep() if calibrate else None
     pool = frame if extra is None else pd.concat([frame, extra], ignore_index=True)
-    parts = []
+    parts, sizes = [], []
     for device in names:
         test = frame.loc[frame["device"] == device]
         train = pool.loc[pool["device"] != device]
@@ -159,7 +160,8 @@ def _group_device(
             test = test.drop(shots)
         log.info("group-device: holding out %s (%d calibration rows)", device, calibrate)
         parts.append(_held_out(train, test, devices))
-    return pd.concat(parts, ignore_index=True)
+        sizes.append(len(train))
+    return pd.concat(parts, ignore_index=True), int(np.mean(sizes))
 
 
 def extrapolation_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -194,9 +196,7 @@ def evaluate_gemm_dataset(
         predictions = _held_out(train, test, devices)
         n_train = len(train)
     elif protocol == "group-device":
-        predictions = _group_device(frame, devices, calibrate, extra)
-        n_train = int(len(frame) * (frame["device"].nunique() - 1) / frame["device"].nunique())
-        n_train += 0 if extra is None else len(extra)
+        predictions, n_train = _group_device(frame, devices, calibrate, extra)
     elif protocol == "extrapolate":
         train, test = extrapolation_split(frame)
         predictions = _held_out(train, test, devices)

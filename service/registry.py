@@ -24,6 +24,25 @@ from service.model import CARD, ModelLoadError, TabularModel, list_versions
 log = logging.getLogger(__name__)
 
 
+def load_version(version_dir: Path, domains: dict[str, Domain]) -> TabularModel:
+    """One published version, loaded and checked against the contract of the domain its card names;
+    :class:`ModelLoadError` saying why it cannot be served otherwise."""
+    try:
+        domain = str(json.loads((version_dir / CARD).read_text()).get("domain"))
+    except (OSError, ValueError):
+        domain = None
+    spec = domains.get(domain or "")
+    if spec is None:
+        raise ModelLoadError(f"card names unknown domain {domain!r}")
+    model = TabularModel(version_dir, spec.feature_version, spec.columns, spec.at_split).load()
+    if spec.check_card is not None:
+        try:
+            spec.check_card(model.card)
+        except ValueError as exc:
+            raise ModelLoadError(f"{version_dir}: {exc}") from exc
+    return model
+
+
 @dataclass(frozen=True)
 class Refusal:
     model: str
@@ -52,31 +71,14 @@ class ModelRegistry:
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
-    def _domain_of(self, version_dir: Path) -> str | None:
-        try:
-            return str(json.loads((version_dir / CARD).read_text()).get("domain"))
-        except (OSError, ValueError):
-            return None
-
     def _load_newest(
         self, name: str, current: TabularModel | None, refused: list[Refusal]
     ) -> TabularModel | None:
         for version_dir in reversed(list_versions(self.model_dir, name)):
             if current is not None and version_dir.name == current.version:
                 return current
-            domain = self._domain_of(version_dir)
-            spec = self.domains.get(domain or "")
-            if spec is None:
-                refused.append(Refusal(name, version_dir.name, f"card names unknown domain {domain!r}"))
-                continue
             try:
-                model = TabularModel(version_dir, spec.feature_version, spec.columns, spec.at_split).load()
-                if spec.check_card is not None:
-                    try:
-                        spec.check_card(model.card)
-                    except ValueError as exc:
-                        raise ModelLoadError(f"{version_dir}: {exc}") from exc
-                return model
+                return load_version(version_dir, self.domains)
             except ModelLoadError as exc:
                 log.error("refusing %s version %s: %s", name, version_dir.name, exc)
                 refused.append(Refusal(name, version_dir.name, str(exc)))

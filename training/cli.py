@@ -8,6 +8,7 @@ import typer
 
 from training import calibrate, cpu, data, evaluate, mlir, serve, train
 from training.collect.cli import app as collect_app
+from training.score.cli import score_command
 
 app = typer.Typer(
     help="Predict compute cost before running it: data, collect, train, evaluate, serve.",
@@ -23,6 +24,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(evaluate.app, name="evaluate")
 app.add_typer(calibrate.app, name="calibrate")
 app.command("serve")(serve.serve)
+app.command("score")(score_command)
 
 
 @app.callback()

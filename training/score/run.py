@@ -1,0 +1,246 @@
+"""``perfcost score`` on Dask: partitions of the input table stream through the workers into Parquet.
+
+The served GEMM model version is chosen once, here, and every worker loads that version once (its card's
+sha256 checked, then every model file's, as the service loads it). A partition is read, scored chunk by
+chunk (memory stays bounded whatever the partition size) and written as one Parquet file, under a
+temporary name renamed when complete; the output folder itself appears only when every partition is
+written. Refused rows go to ``errors.csv`` with their row number (and CSV line) and reason; a partition
+that still fails after its retries fails the run, and nothing is published.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from distributed import Client, as_completed
+from tqdm import tqdm
+
+from service.devices import DeviceCatalog
+from service.domains.contracts import DOMAINS
+from service.model import CARD, ModelLoadError, TabularModel, file_sha256, list_versions
+from service.registry import load_version
+from training.score.table import check_columns, output_schema, score_chunk
+
+log = logging.getLogger(__name__)
+MANIFEST = "_perfcost_score.json"
+ERRORS = "_errors.csv"
+RETRIES = 2
+# CSV partitions by bytes (Parquet by row group); ~16 MB is ~300k GEMM rows.
+CSV_BLOCKSIZE = "16MB"
+
+
+class ScoreError(RuntimeError):
+    """The run cannot start or did not complete; the message says why (nothing was published)."""
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """What every partition task needs: small, so it ships with each task."""
+
+    model_path: str
+    card_sha256: str
+    coverage: float
+    device_dir: str | None
+    out_dir: str
+    chunk_rows: int
+    columns: tuple[str, ...]
+
+
+# Per worker process: the model version and catalog of the current job, loaded on its first partition.
+_LOADED: dict[tuple[str, str, str | None], tuple[TabularModel, DeviceCatalog]] = {}
+
+
+def worker_state(job: ScoreJob) -> tuple[TabularModel, DeviceCatalog]:
+    key = (job.model_path, job.card_sha256, job.device_dir)
+    if key not in _LOADED:
+        path = Path(job.model_path)
+        actual = file_sha256(path / CARD)
+        if actual != job.card_sha256:
+            raise ModelLoadError(
+                f"{path}: card sha256 {actual[:12]}… is not the {job.card_sha256[:12]}… the run started with"
+            )
+        model = load_version(path, DOMAINS)
+        catalog = DeviceCatalog.default(Path(job.device_dir) if job.device_dir else None)
+        _LOADED.clear()
+        _LOADED[key] = (model, catalog)
+    return _LOADED[key]
+
+
+def score_partition(part: pd.DataFrame, index: int, first_row: int, job: ScoreJob) -> dict[str, Any]:
+    """Score one partition into ``part.NNNNN.parquet`` (and its refused rows into ``errors.NNNNN.csv``)."""
+    model, catalog = worker_state(job)
+    out = Path(job.out_dir)
+    target = out / f"part.{index:05d}.parquet"
+    partial = out / f".part.{index:05d}.{uuid.uuid4().hex}.partial"
+    schema = output_schema(list(job.columns))
+    errors: list[tuple[int, str, str]] = []
+    written = 0
+    with pq.ParquetWriter(partial, schema) as writer:
+        for start in range(0, max(len(part), 1), job.chunk_rows):
+            chunk = score_chunk(
+                part.iloc[start : start + job.chunk_rows], first_row + start, job.coverage, model, catalog
+            )
+            writer.write_table(chunk.table)
+            errors += chunk.errors
+            written += chunk.table.num_rows
+    os.replace(partial, target)
+    if errors:
+        with (out / f"errors.{index:05d}.csv").open("w", newline="") as fh:
+            csv.writer(fh).writerows(errors)
+    return {"index": index, "rows": len(part), "written": written, "refused": len(errors)}
+
+
+def read_table(path: Path) -> tuple[dd.DataFrame, bool]:
+    """The input as a Dask dataframe, and whether it is CSV (whose rows have line numbers)."""
+    if not path.exists():
+        raise ScoreError(f"input {path} does not exist")
+    is_csv = path.suffix.lower() in (".csv", ".gz") and ".csv" in path.name.lower()
+    try:
+        if is_csv:
+            # Text, converted field by field as a JSON request's values would be (see training.score.table).
+            frame = dd.read_csv(path, dtype=str, blocksize=None if path.suffix == ".gz" else CSV_BLOCKSIZE)
+        else:
+            frame = dd.read_parquet(path, split_row_groups=True)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise ScoreError(f"input {path} cannot be read as {'CSV' if is_csv else 'Parquet'}: {exc}") from exc
+    try:
+        check_columns(list(frame.columns))
+    except ValueError as exc:
+        raise ScoreError(f"input {path}: {exc}") from exc
+    return frame, is_csv
+
+
+def _served_version(model_dir: Path, version: str | None) -> Path:
+    root = model_dir / "gemm"
+    if version is not None:
+        path = root / version
+        if not (path / CARD).is_file():
+            raise ScoreError(f"--version {version}: no such GEMM model in {root}")
+        return path
+    for path in reversed(list_versions(model_dir, "gemm")):
+        try:
+            load_version(path, DOMAINS)
+        except ModelLoadError as exc:
+            log.warning("skipping GEMM version %s: %s", path.name, exc)
+            continue
+        return path
+    raise ScoreError(f"no GEMM model that loads in {model_dir} (run 'perfcost train gemm')")
+
+
+def _merge_errors(out: Path, is_csv: bool) -> int:
+    """The partitions' refused rows as one ``errors.csv`` in row order; their count."""
+    parts = sorted(out.glob("errors.*.csv"))
+    count = 0
+    with (out / ERRORS).open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["row", "line", "field", "reason"] if is_csv else ["row", "field", "reason"])
+        for part in parts:
+            with part.open(newline="") as src:
+                for row, field, reason in csv.reader(src):
+                    # Line 1 is the header: data row 0 is on line 2 (for files without quoted newlines).
+                    writer.writerow([row, int(row) + 2, field, reason] if is_csv else [row, field, reason])
+                    count += 1
+            part.unlink()
+    return count
+
+
+def _run_partitions(client: Client, frame: dd.DataFrame, job: ScoreJob) -> list[dict[str, Any]]:
+    lengths = np.asarray(client.compute(frame.map_partitions(len)).result(), dtype=np.int64)
+    parts = frame.to_delayed()
+    if len(parts) != len(lengths):
+        raise ScoreError(f"the input's partitions changed between passes ({len(lengths)} then {len(parts)})")
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    tasks = [
+        dask.delayed(score_partition, pure=False)(part, i, int(offsets[i]), job)
+        for i, part in enumerate(parts)
+    ]
+    futures = client.compute(tasks, retries=RETRIES)
+    index_of = {future.key: i for i, future in enumerate(futures)}
+    done, failed = [], []
+    with tqdm(total=int(lengths.sum()), unit="row", unit_scale=True, desc="score") as bar:
+        for future in as_completed(futures):
+            i = index_of[future.key]
+            if future.status == "error":
+                start = int(offsets[i])
+                failed.append(
+                    f"partition {i} (rows {start}-{start + int(lengths[i]) - 1}): {future.exception()!r}"
+                )
+            else:
+                done.append(future.result())
+            bar.update(int(lengths[i]))
+    if failed:
+        raise ScoreError(
+            f"{len(failed)} of {len(parts)} partitions failed after {RETRIES} retries, so nothing was "
+            "published: " + "; ".join(failed[:5])
+        )
+    return sorted(done, key=lambda d: d["index"])
+
+
+def score(
+    source: Path,
+    output: Path,
+    client: Client,
+    model_dir: Path,
+    coverage: float,
+    device_dir: Path | None = None,
+    version: str | None = None,
+    chunk_rows: int = 20_000,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Score ``source`` into the folder ``output``; return the run's manifest (also written into it)."""
+    if output.exists() and not overwrite:
+        raise ScoreError(f"output {output} exists; pass --overwrite to replace it")
+    frame, is_csv = read_table(source)
+    path = _served_version(model_dir, version)
+    card = json.loads((path / CARD).read_text())
+    started = time.perf_counter()
+    tmp = output.parent / f".{output.name}.{uuid.uuid4().hex}.partial"
+    tmp.mkdir(parents=True)
+    job = ScoreJob(
+        model_path=str(path.resolve()),
+        card_sha256=file_sha256(path / CARD),
+        coverage=coverage,
+        device_dir=str(device_dir) if device_dir else None,
+        out_dir=str(tmp.resolve()),
+        chunk_rows=chunk_rows,
+        columns=tuple(frame.columns),
+    )
+    try:
+        parts = _run_partitions(client, frame, job)
+        refused = _merge_errors(tmp, is_csv)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    manifest = {
+        "model": card.get("name", "gemm"),
+        "version": card.get("version", path.name),
+        "card_sha256": job.card_sha256,
+        "input": str(source),
+        "coverage": coverage,
+        "rows": sum(p["rows"] for p in parts),
+        "scored": sum(p["written"] for p in parts),
+        "refused": refused,
+        "partitions": len(parts),
+        "seconds": round(time.perf_counter() - started, 2),
+        "job": {k: v for k, v in asdict(job).items() if k in ("chunk_rows", "columns")},
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+    return manifest

@@ -1,12 +1,21 @@
-"""A Dask client for work beyond one process: an existing cluster's scheduler, or a LocalCluster here."""
+"""Work beyond one process: a Dask client of an existing cluster's scheduler or of a LocalCluster here, and
+training on it."""
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
+import dask.dataframe as dd
+import joblib
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
 from distributed import Client, LocalCluster
+from sklearn.base import BaseEstimator
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 30
@@ -43,3 +52,42 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Client]:
     ):
         log.info("local cluster: %d worker processes", workers)
         yield client
+
+
+_ACTIVE: ContextVar[Client | None] = ContextVar("perfcost_dask_client", default=None)
+
+
+def active_client() -> Client | None:
+    """The client of the :func:`training_on_cluster` block this runs in, if any."""
+    return _ACTIVE.get()
+
+
+@contextmanager
+def training_on_cluster(scheduler: str | None, workers: int) -> Iterator[Client]:
+    """Within the block, cross-validation folds (every joblib ``Parallel`` of training) run as Dask tasks,
+    and deployed LightGBM models are fit data-parallel across the workers (:func:`fit_estimator`)."""
+    with dask_client(scheduler, workers) as client, joblib.parallel_config(backend="dask"):
+        token = _ACTIVE.set(client)
+        try:
+            yield client
+        finally:
+            _ACTIVE.reset(token)
+
+
+def fit_estimator(estimator: BaseEstimator, X: pd.DataFrame, y: np.ndarray) -> BaseEstimator:
+    """``estimator.fit(X, y)``; a LightGBM one inside :func:`training_on_cluster` is fit by
+    ``lightgbm.dask`` on partitions spread over the workers, and returned as the same local
+    ``LGBMRegressor`` (so it is saved and exported as any other)."""
+    client = active_client()
+    if client is None or not isinstance(estimator, lgb.LGBMRegressor):
+        return estimator.fit(X, y)
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    # One partition per worker: LightGBM's data-parallel learner trains one shard per worker.
+    features = dd.from_pandas(X.reset_index(drop=True), npartitions=n_workers)
+    target = dd.from_pandas(pd.Series(y, name="y"), npartitions=n_workers)
+    distributed = lgb.DaskLGBMRegressor(client=client, **estimator.get_params())
+    log.info("fitting LightGBM on %d rows across %d Dask workers", len(y), n_workers)
+    with warnings.catch_warnings():
+        # Threads per worker are the cluster's to set: lightgbm.dask ignores n_jobs, and says so.
+        warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+        return distributed.fit(features, target).to_local()

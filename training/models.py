@@ -46,6 +46,7 @@ from service.model import (
     halfwidth,
     split_cap,
 )
+from training.cluster import active_client, fit_estimator
 from training.onnx_export import lightgbm_onnx
 
 log = logging.getLogger(__name__)
@@ -336,9 +337,13 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         # the full fit's errors are no larger than the held-out one's, so the intervals err wide if at all.
         fits = [np.arange(n), fit_idx] if len(held) else [fit_idx]
         build = partial(make_candidate, self.best_name_, n, self.random_state, monotone)
-        fitted = Parallel(n_jobs=self.n_jobs if len(fits) > 1 else 1)(
-            delayed(build().fit)(trees.iloc[idx], y[idx]) for idx in fits
-        )
+        if active_client() is not None and self.best_name_ == "lightgbm":
+            # On a cluster each LightGBM fit spans all its workers, so the fits run one after the other.
+            fitted = [fit_estimator(build(), trees.iloc[idx], y[idx]) for idx in fits]
+        else:
+            fitted = Parallel(n_jobs=self.n_jobs if len(fits) > 1 else 1)(
+                delayed(build().fit)(trees.iloc[idx], y[idx]) for idx in fits
+            )
         self.estimator_ = fitted[0]
         if len(held):
             part = X.iloc[held]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from service.domains import gemm as gemm_domain
 from service.domains.contracts import GEMM
 from service.features import gemm as gemm_features
 from service.settings import Settings
+from training.cluster import ClusterError, training_on_cluster
 from training.data.gemm import GemmData, available_gemm_datasets, load_gemm, load_gemm_dir
 from training.data.registry import DatasetError, get_spec, is_available
 from training.models import REGIMES, CostRegressor, SplitRegressor, publish
@@ -215,12 +217,28 @@ def train_gemm(
         ),
     ] = None,
     name: Annotated[str, typer.Option(help="Model name in the registry")] = "gemm",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Train on a Dask cluster: a scheduler's address (tcp://host:port), or 'local' for a "
+            "LocalCluster of --workers processes. CV folds run as tasks, LightGBM fits on all workers"
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes of --scheduler local")] = 2,
 ) -> None:
     """Fit runtime, power and energy models on GEMM datasets and publish a new version."""
     settings = Settings()
     chosen = dataset or ([] if directory else default_gemm_datasets(settings))
+    cluster = (
+        training_on_cluster(None if scheduler == "local" else scheduler, workers)
+        if scheduler is not None
+        else nullcontext()
+    )
     try:
-        version = train_gemm_model(chosen, settings, name, directory or ())
+        with cluster:
+            version = train_gemm_model(chosen, settings, name, directory or ())
     except DatasetError as exc:
         raise typer.BadParameter(str(exc), param_hint="--from" if directory else "--dataset") from exc
+    except ClusterError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scheduler") from exc
     Console().print(f"published [bold]{name}[/] version {version} to {settings.model_dir / name / version}")

@@ -36,7 +36,7 @@ from service.devices import DeviceCatalog
 from service.domains.contracts import DOMAINS
 from service.first_start import FirstStart
 from service.registry import ModelRegistry
-from service.routers import cpu, gemm, health, mlir, models
+from service.routers import cpu, gemm, health, mlir, models, v2
 from service.routing import add_body_schemas
 from service.settings import Settings
 
@@ -221,6 +221,7 @@ def _add_routes(app: FastAPI, metrics: Metrics) -> None:
     app.include_router(mlir.router)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(v2.router)
 
     # The page at / is static files calling the JSON API; it computes nothing itself.
     app.mount("/web", StaticFiles(directory=WEB), name="web")

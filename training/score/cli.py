@@ -52,7 +52,8 @@ def score_command(
                 overwrite=overwrite,
             )
     except (ScoreError, ClusterError) as exc:
-        log.error("%s", exc)
+        # The user's answer, not a diagnostic: on stderr whatever logging is configured to do.
+        typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from exc
     rate = manifest["rows"] / max(manifest["seconds"], 1e-9)
     log.info(

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
@@ -105,6 +104,19 @@ def score_partition(part: pd.DataFrame, index: int, first_row: int, job: ScoreJo
     return {"index": index, "rows": len(part), "written": written, "refused": len(errors)}
 
 
+STATS = pd.DataFrame({key: pd.Series(dtype="int64") for key in ("index", "rows", "written", "refused")})
+
+
+def _score_in_place(
+    part: pd.DataFrame, offsets: np.ndarray, job: ScoreJob, partition_info: dict[str, Any] | None = None
+) -> pd.DataFrame:
+    """:func:`score_partition` as a map over the input's partitions, so each is scored in the task that
+    reads it, on the worker that holds it (a separate task would ship the rows between workers)."""
+    assert partition_info is not None  # dask passes it to a function that takes it
+    index = int(partition_info["number"])
+    return pd.DataFrame([score_partition(part, index, int(offsets[index]), job)], columns=STATS.columns)
+
+
 def read_table(path: Path) -> tuple[dd.DataFrame, bool]:
     """The input as a Dask dataframe, and whether it is CSV (whose rows have line numbers)."""
     if not path.exists():
@@ -161,15 +173,11 @@ def _merge_errors(out: Path, is_csv: bool) -> int:
 
 def _run_partitions(client: Client, frame: dd.DataFrame, job: ScoreJob) -> list[dict[str, Any]]:
     lengths = np.asarray(client.compute(frame.map_partitions(len)).result(), dtype=np.int64)
-    parts = frame.to_delayed()
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    parts = frame.map_partitions(_score_in_place, offsets, job, meta=STATS).to_delayed()
     if len(parts) != len(lengths):
         raise ScoreError(f"the input's partitions changed between passes ({len(lengths)} then {len(parts)})")
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    tasks = [
-        dask.delayed(score_partition, pure=False)(part, i, int(offsets[i]), job)
-        for i, part in enumerate(parts)
-    ]
-    futures = client.compute(tasks, retries=RETRIES)
+    futures = client.compute(parts, retries=RETRIES)
     index_of = {future.key: i for i, future in enumerate(futures)}
     done, failed = [], []
     with tqdm(total=int(lengths.sum()), unit="row", unit_scale=True, desc="score") as bar:
@@ -181,7 +189,7 @@ def _run_partitions(client: Client, frame: dd.DataFrame, job: ScoreJob) -> list[
                     f"partition {i} (rows {start}-{start + int(lengths[i]) - 1}): {future.exception()!r}"
                 )
             else:
-                done.append(future.result())
+                done.append(future.result().iloc[0].to_dict())
             bar.update(int(lengths[i]))
     if failed:
         raise ScoreError(

@@ -17,6 +17,8 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 Run = Callable[[list[Any]], list[Any]]
+# Larger requests are already batches: they run in a worker thread instead of joining a micro-batch.
+MICRO_BATCH_MAX_INSTANCES = 64
 
 
 class MicroBatcher:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from service.batching import MICRO_BATCH_MAX_INSTANCES
 from service.deps import ServingDep, SnapshotDep, check_batch, require_model
 from service.domains import cpu
 from service.routing import json_body, read_json_body
@@ -16,8 +17,6 @@ from service.schemas.cpu import CpuBenchmarksResponse, CpuPredictRequest, CpuPre
 
 router = APIRouter(prefix="/v1/cpu", tags=["cpu"])
 MODEL = "cpu"
-# Larger requests are already batches: they run in a worker thread instead of joining a micro-batch.
-MICRO_BATCH_MAX_INSTANCES = 64
 
 
 @router.post(

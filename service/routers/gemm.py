@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from service.batching import MICRO_BATCH_MAX_INSTANCES
 from service.deps import ServingDep, check_batch, require_model
 from service.domains import gemm, gemm_search
 from service.routing import json_body, read_json_body
@@ -21,8 +22,6 @@ from service.schemas.gemm import (
 
 router = APIRouter(prefix="/v1/gemm", tags=["gemm"])
 MODEL = "gemm"
-# Larger requests are already batches: they run in a worker thread instead of joining a micro-batch.
-MICRO_BATCH_MAX_INSTANCES = 64
 
 
 def unknown_device(exc: gemm.UnknownDeviceError, field: str) -> HTTPException:

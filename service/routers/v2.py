@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from service import __version__
+from service.batching import MICRO_BATCH_MAX_INSTANCES
 from service.deps import RegistryDep, Serving, ServingDep, check_batch, require_model
 from service.domains import cpu, gemm, mlir
 from service.routers import health
@@ -36,8 +37,6 @@ from service.schemas.cpu import CpuInstance, CpuPrediction, CpuPredictRequest
 from service.schemas.gemm import GemmInstance, GemmPrediction, GemmPredictRequest
 from service.schemas.mlir import MlirInstance, MlirPrediction, MlirPredictRequest
 
-# Larger requests are already batches: they run in a worker thread instead of joining a micro-batch.
-MICRO_BATCH_MAX_INSTANCES = 64
 MAX_PROBLEMS = 10
 
 

@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from service.devices import DeviceCatalog
 from service.domains.contracts import DOMAINS
-from service.model import CARD, ModelLoadError, TabularModel, file_sha256, list_versions
-from service.registry import load_version
+from service.model import CARD, ModelLoadError, TabularModel, file_sha256
+from service.registry import ModelRegistry, load_version
 from training.score.table import check_columns, output_schema, score_chunk
 
 log = logging.getLogger(__name__)
@@ -144,14 +144,13 @@ def _served_version(model_dir: Path, version: str | None) -> Path:
         if not (path / CARD).is_file():
             raise ScoreError(f"--version {version}: no such GEMM model in {root}")
         return path
-    for path in reversed(list_versions(model_dir, "gemm")):
-        try:
-            load_version(path, DOMAINS)
-        except ModelLoadError as exc:
-            log.warning("skipping GEMM version %s: %s", path.name, exc)
-            continue
-        return path
-    raise ScoreError(f"no GEMM model that loads in {model_dir} (run 'perfcost train gemm')")
+    # The version the service would serve: the registry's rule (the newest that loads), not a copy of it.
+    snapshot = ModelRegistry(model_dir, DOMAINS).reload()
+    model = snapshot.get("gemm")
+    if model is None:
+        refused = "; ".join(f"{r.version}: {r.reason}" for r in snapshot.refused if r.model == "gemm")
+        raise ScoreError(f"no GEMM model that loads in {model_dir} ({refused or 'run perfcost train gemm'})")
+    return model.path
 
 
 def _merge_errors(out: Path, is_csv: bool) -> int:

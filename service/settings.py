@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         default=30.0, gt=0, le=3600, description="Time budget of one request; past it the answer is 503."
     )
+    access_log: bool = Field(
+        default=True, description="Log one line per request (client, method, path, status) to stdout."
+    )
     opentelemetry: bool = Field(
         default=False,
         description="Let FastAPI send request traces, metrics and logs to the configured OpenTelemetry "

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.batching import MICRO_BATCH_MAX_INSTANCES
-from service.deps import ServingDep, SnapshotDep, check_batch, require_model
+from service.deps import SnapshotDep, check_batch, require_model, serving_of
 from service.domains import cpu
 from service.routing import json_body, read_json_body
 from service.schemas.common import error_responses
@@ -25,7 +25,8 @@ MODEL = "cpu"
     response_model=CpuPredictResponse,
     responses=error_responses(413, 422, 503),
 )
-async def predict(http_request: Request, serving: ServingDep) -> JSONResponse:
+async def predict(http_request: Request) -> JSONResponse:
+    serving = serving_of(http_request)
     request = await read_json_body(http_request, CpuPredictRequest)
     check_batch(len(request.instances), serving.settings)
     model = require_model(serving.snapshot, MODEL, serving.first_start)

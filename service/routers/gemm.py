@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.batching import MICRO_BATCH_MAX_INSTANCES
-from service.deps import ServingDep, check_batch, require_model
+from service.deps import ServingDep, check_batch, require_model, serving_of
 from service.domains import gemm, gemm_search
 from service.routing import json_body, read_json_body
 from service.schemas.common import error_responses
@@ -34,7 +34,8 @@ def unknown_device(exc: gemm.UnknownDeviceError, field: str) -> HTTPException:
     response_model=GemmPredictResponse,
     responses=error_responses(404, 413, 422, 503),
 )
-async def predict(http_request: Request, serving: ServingDep) -> JSONResponse:
+async def predict(http_request: Request) -> JSONResponse:
+    serving = serving_of(http_request)
     request = await read_json_body(http_request, GemmPredictRequest)
     check_batch(len(request.instances), serving.settings)
     model = require_model(serving.snapshot, MODEL, serving.first_start)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import ServingDep, check_batch, require_model
+from service.deps import check_batch, require_model, serving_of
 from service.domains import mlir
 from service.routing import json_body, read_json_body
 from service.schemas.common import error_responses
@@ -24,7 +24,8 @@ THREADPOOL_BYTES = 256 * 1024
     response_model=MlirPredictResponse,
     responses=error_responses(413, 422, 503),
 )
-async def predict(http_request: Request, serving: ServingDep) -> JSONResponse:
+async def predict(http_request: Request) -> JSONResponse:
+    serving = serving_of(http_request)
     request = await read_json_body(http_request, MlirPredictRequest)
     check_batch(len(request.instances), serving.settings)
     try:

@@ -28,7 +28,7 @@ from starlette.responses import Response
 
 from service import __version__
 from service.batching import MICRO_BATCH_MAX_INSTANCES
-from service.deps import RegistryDep, Serving, ServingDep, check_batch, require_model
+from service.deps import RegistryDep, Serving, ServingDep, check_batch, require_model, serving_of
 from service.domains import cpu, gemm, mlir
 from service.routers import health
 from service.routing import json_body, strict_json
@@ -317,10 +317,10 @@ INFER_ERRORS = _errors(400, 404, 413, 503)
 @router.post(
     "/models/{name}/infer", openapi_extra=INFER_BODY, response_model=v2.InferResponse, responses=INFER_ERRORS
 )
-async def infer(http_request: Request, name: str, serving: ServingDep) -> Response:
+async def infer(http_request: Request, name: str) -> Response:
     """Predict the rows the input columns make. With Triton's binary tensor data extension the body is
     the JSON header (``Inference-Header-Content-Length`` bytes) followed by the binary inputs."""
-    return await _infer(http_request, name, None, serving)
+    return await _infer(http_request, name, None, serving_of(http_request))
 
 
 @router.post(
@@ -329,5 +329,5 @@ async def infer(http_request: Request, name: str, serving: ServingDep) -> Respon
     response_model=v2.InferResponse,
     responses=INFER_ERRORS,
 )
-async def infer_version(http_request: Request, name: str, version: str, serving: ServingDep) -> Response:
-    return await _infer(http_request, name, version, serving)
+async def infer_version(http_request: Request, name: str, version: str) -> Response:
+    return await _infer(http_request, name, version, serving_of(http_request))

@@ -10,11 +10,19 @@ import pandas as pd
 import pytest
 
 from service.devices import DeviceCatalog
-from service.features.gemm import FEATURE_COLUMNS, LAYOUTS, build_features, feature_matrix, with_k
+from service.features.gemm import (
+    FEATURE_COLUMNS,
+    LAYOUTS,
+    build_features,
+    feature_matrix,
+    flops,
+    with_k,
+)
+from service.features.gemm_dtypes import dtype_peak
 from service.settings import Settings
 from training.data.deepbench import load_deepbench
-from training.data.gemm import COLUMNS, load_gemm
-from training.data.registry import DatasetError
+from training.data.gemm import COLUMNS, load_gemm, load_neusight
+from training.data.registry import DatasetError, fetch, get_spec
 from training.data.report import LoadReport
 
 
@@ -66,6 +74,53 @@ def test_neusight_keeps_only_request_time_inputs(gemm_settings: Settings) -> Non
     # Kernel, grid and occupancy were observed at run time: none of them may become an input.
     assert frame["kernel"].isna().all() and frame["tile_m"].isna().all()
     assert set(data.devices) == set(frame["device"])
+
+
+# cuBLAS SGEMM kernels name their output tile: ``volta_sgemm_128x64_nn``, ``ampere_sgemm_32x32_sliced1x4_tn``
+# (sliced1x4 splits k across the warps of one block). The legacy ``sgemm_32x32x32_NN`` (P100 and P4, 0.4%
+# of their bmm rows) names no output tile this way and is left out.
+CUBLAS_TILE = r"_(\d+)x(\d+)_"
+
+
+def grid_matches_output_tiles(raw: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
+    """Per NeuSight row whose kernel names a tile: whether its recorded launch grid (x, y, z) is the
+    output-tile grid of that tile over the row's (m, n) as ``rows`` gives them. x and y are ceil(size /
+    tile) over the two output dimensions, the tile's first number on either one (cuBLAS is column-major,
+    and which dimension a tile number covers depends on the kernel); z is the batch times a split-K factor.
+    ``nn.Linear`` flattens its (B, M, N) input: one GEMM over B * M rows, no batch in z."""
+    tile = raw["Kernel Name"].str.extract(CUBLAS_TILE).astype(float).to_numpy()
+    first, second = tile[:, 0], tile[:, 1]
+    linear = rows["op"].eq("linear").to_numpy()
+    batch = rows["batch"].to_numpy()
+    m = rows["m"].to_numpy() * np.where(linear, batch, 1)
+    n = rows["n"].to_numpy()
+    x, y, z = (raw[f"Grid {axis}"].to_numpy() for axis in "xyz")
+    spans = ((x == np.ceil(n / first)) & (y == np.ceil(m / second))) | (
+        (x == np.ceil(m / first)) & (y == np.ceil(n / second))
+    )
+    split_k = z % np.where(linear, 1, batch) == 0
+    named = ~np.isnan(first)
+    return pd.Series(spans & split_k, index=raw.index)[named]
+
+
+def test_neusight_reduces_over_n_as_the_recorded_grid_shows(gemm_settings: Settings) -> None:
+    """NeuSight's N is the reduction dimension (m = M, n = K, k = N): the launch grid cuBLAS recorded is
+    the loaded output's tile grid on every GPU and op, which the old reading (n = N) is nowhere near."""
+    matches, old = {}, []
+    for rel, path in sorted(fetch(get_spec("neusight-gemm"), gemm_settings).items()):
+        if not rel.startswith("train/"):
+            continue
+        report = LoadReport("neusight-gemm")
+        rows = load_neusight({rel: path}, report)
+        raw = pd.read_csv(path)
+        assert report.rejected == {} and len(rows) == len(raw), rel
+        assert (rows["k"].to_numpy() == raw["N"].to_numpy()).all(), rel
+        ok = grid_matches_output_tiles(raw, rows)
+        assert len(ok) >= 0.99 * len(raw), rel
+        matches[rel] = ok.mean()
+        old.append(grid_matches_output_tiles(raw, rows.assign(n=rows["k"])))
+    assert len(matches) == 10 and min(matches.values()) >= 0.95, matches
+    assert pd.concat(old).mean() < 0.5
 
 
 def test_every_source_featurises_without_non_finite_core_features(gemm_settings: Settings) -> None:
@@ -138,7 +193,8 @@ def test_deepbench_never_runs_above_the_devices_peak(deepbench) -> None:
     frame = deepbench.frame
     specs = deepbench.devices
     achieved = 2.0 * frame["m"] * frame["n"] * frame["k"] / frame["runtime_ms"] / 1e6  # GFLOP/s
-    peak = pd.Series([specs[d].peak_gflops(t) for d, t in zip(frame["device"], frame["dtype"], strict=True)])
+    pairs = zip(frame["device"], frame["dtype"], strict=True)
+    peak = pd.Series([dtype_peak(specs[d], t).gflops for d, t in pairs])
     ratio = achieved / peak
     # GPU Boost runs a GeForce 1080 Ti above its rated 1582 MHz boost clock: its fastest SGEMM reaches
     # 12.1 TFLOP/s, 1.07x the datasheet's 11.34. Every other device stays within 5% of its datasheet peak.
@@ -228,3 +284,15 @@ def test_deepbench_rejects_bad_and_repeated_rows_by_file_sheet_and_row(tmp_path:
         "a_transpose not N or T": [f"{sheet}:8: 'X'"],
         "duplicate configuration": [f"{sheet}:9 repeats {sheet}:4"],
     }, report.examples
+
+
+def test_the_bundled_cpu_never_runs_above_its_peak(gemm_settings: Settings) -> None:
+    """A peak below a measured rate puts the roofline floor above the measurements and clips predictions
+    to it (the nominal-clock estimate, 166 GFLOP/s, was under the 214 measured)."""
+    data = load_gemm("cpu-gemm-local", gemm_settings)
+    frame = data.frame
+    (spec,) = data.devices.values()
+    achieved = flops(frame) / frame["runtime_ms"].to_numpy() / 1e6
+    peak = np.array([dtype_peak(spec, t).gflops for t in frame["dtype"]])
+    assert (achieved <= peak).all(), frame.loc[achieved > peak, ["m", "n", "k", "dtype", "threads"]]
+    assert (achieved / peak).max() > 0.8  # and not so high that it prices nothing

@@ -33,6 +33,7 @@ from service.features.gemm import (
 )
 from service.model import file_sha256
 from service.settings import Settings
+from training.data.aiconfigurator import load_aiconfigurator
 from training.data.deepbench import load_deepbench
 from training.data.registry import REGISTRY, DatasetError, fetch, get_spec
 from training.data.report import LoadReport, positive_mask
@@ -221,7 +222,12 @@ def load_uci_sgemm(paths: dict[str, Path], report: LoadReport) -> pd.DataFrame:
 
 def load_neusight(paths: dict[str, Path], report: LoadReport) -> pd.DataFrame:
     """NeuSight cuBLAS latencies. Kernel name, grid and occupancy were observed at run time, so only the
-    shape, op and device are kept as inputs."""
+    shape, op and device are kept as inputs.
+
+    NeuSight's ``N`` is the reduction dimension: its collector runs ``torch.bmm(randn(B, M, N),
+    randn(B, N, K))`` and ``nn.Linear(N, K)`` on a (B, M, N) input, so a row is m = M, n = K, k = N (the
+    recorded grid is ceil(K / tile) x ceil(M / tile) output tiles). ``linear`` rows time ``nn.Linear`` with
+    its bias: the runtime includes adding the bias to the (M x K) output."""
     frames = []
     for rel, path in sorted(paths.items()):
         if not rel.startswith("train/"):
@@ -240,8 +246,8 @@ def load_neusight(paths: dict[str, Path], report: LoadReport) -> pd.DataFrame:
                     "op": raw["OPName"],
                     "batch": raw["B"].astype(int),
                     "m": raw["M"].astype(int),
-                    "n": raw["N"].astype(int),
-                    "k": raw["K"].astype(int),
+                    "n": raw["K"].astype(int),
+                    "k": raw["N"].astype(int),
                     "dtype": "float32",
                     "runtime_ms": raw["Latency"].astype(float),
                 }
@@ -353,6 +359,7 @@ LOADERS: dict[str, Callable[[dict[str, Path], LoadReport], pd.DataFrame]] = {
     "uci-sgemm": load_uci_sgemm,
     "neusight-gemm": load_neusight,
     "deepbench": load_deepbench,
+    "aiconfigurator-gemm": load_aiconfigurator,
 }
 
 

@@ -57,21 +57,29 @@ class DeviceSpec(BaseModel):
     clock_mhz: float = Field(ge=1, le=100_000, allow_inf_nan=False)
     fp32_gflops: float = Field(ge=1e-3, le=1e9, allow_inf_nan=False)
     l2_cache_mb: float = Field(ge=1e-6, le=1e6, allow_inf_nan=False)
+    # Dense peaks per math unit (no structured sparsity), in GFLOP/s (GOP/s for INT8): null where the part
+    # has no such unit. On tensor-core parts fp16/bf16/tf32/fp8/int8/fp4 are the tensor-core rates with
+    # the accumulation frameworks use (FP32 for 16-bit and FP8 inputs; GeForce parts run FP32 accumulate
+    # at half their FP16-accumulate rate); elsewhere fp16 is the vector (SIMT) FP16 rate.
     fp64_gflops: float | None = Field(default=None, ge=1e-3, le=1e9, allow_inf_nan=False)
+    tf32_gflops: float | None = Field(default=None, ge=1e-3, le=1e9, allow_inf_nan=False)
     fp16_gflops: float | None = Field(default=None, ge=1e-3, le=1e9, allow_inf_nan=False)
+    bf16_gflops: float | None = Field(default=None, ge=1e-3, le=1e9, allow_inf_nan=False)
+    fp8_gflops: float | None = Field(default=None, ge=1e-3, le=1e9, allow_inf_nan=False)
+    int8_gflops: float | None = Field(default=None, ge=1e-3, le=1e9, allow_inf_nan=False)
+    fp4_gflops: float | None = Field(default=None, ge=1e-3, le=1e9, allow_inf_nan=False)
+    boost_clock_mhz: float | None = Field(default=None, ge=1, le=100_000, allow_inf_nan=False)
     l3_cache_mb: float | None = Field(default=None, ge=1e-6, le=1e6, allow_inf_nan=False)
     tdp_w: float | None = Field(default=None, ge=1e-3, le=1e7, allow_inf_nan=False)
     price_per_hour_usd: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)
     isa: list[str] = Field(default_factory=list, description="ISA extensions (CPU), e.g. avx2, avx512f, amx")
     source: str | None = Field(default=None, max_length=2000)
 
-    def peak_gflops(self, dtype: str) -> float:
-        """Peak rate for a dtype: FP64 when known, otherwise FP32 (the rate every device lists)."""
-        if dtype == "float64" and self.fp64_gflops:
-            return self.fp64_gflops
-        if dtype in ("float16", "bfloat16") and self.fp16_gflops:
-            return self.fp16_gflops
-        return self.fp32_gflops
+    def unit_gflops(self, unit: str) -> float | None:
+        """The dense peak of one math unit (``fp64``, ``fp32``, ``tf32``, ``fp16``, ``bf16``, ``fp8``,
+        ``int8``, ``fp4``), None where the device lists none."""
+        value: float | None = getattr(self, f"{unit}_gflops")
+        return value
 
 
 def canonical(name: str) -> str:

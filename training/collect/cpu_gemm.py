@@ -40,7 +40,7 @@ import typer
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from training.collect.gemm import SHAPE_COLUMNS, GemmShape, Timing, gemm_row, measure_rows
-from training.collect.local_cpu import describe_local_cpu, local_cpu_count
+from training.collect.local_cpu import describe_local_cpu, local_cpu_count, measure_peak_gflops
 from training.collect.options import (
     ConfigLimit,
     MinTimePerConfig,
@@ -426,7 +426,9 @@ def _run(
         source = out.resolve().name or SOURCE
         load = _load_average()
         bandwidth = round(measure_bandwidth_gbps(bandwidth_mib), 2)
-        device = describe_local_cpu(memory_bandwidth_gbps=bandwidth)
+        threads = max(c.threads for c in configs) if configs else local_cpu_count()
+        peaks = {d: measure_peak_gflops(threads, d) for d in DTYPES}
+        device = describe_local_cpu(memory_bandwidth_gbps=bandwidth, measured_gflops=peaks)
         check_device(out, existing, device.name, "this machine")
         env = _environment({**settings, "load_average_at_start": round(load, 2)}, bandwidth)
         record_run(out, device, env, _compared)

@@ -110,7 +110,7 @@ def compare_with_api(table: Path, out: Path, model_dir: Path, sample: int) -> in
     from service.settings import Settings
 
     given = pq.read_table(table).slice(0, sample).to_pandas()
-    scored = pd.read_parquet(out, filters=[("row", "<", sample)]).set_index("row").loc[range(sample)]
+    scored = pd.read_parquet(out, filters=[("row", "<", sample)]).set_index("row").loc[list(range(sample))]
     instances = [
         {k: v for k, v in rec.items() if not (isinstance(v, float) and math.isnan(v))}
         for rec in given.to_dict("records")
@@ -126,7 +126,9 @@ def compare_with_api(table: Path, out: Path, model_dir: Path, sample: int) -> in
             and same(row[f"{name}_high"], (answer.get(name) or {}).get("high", float("nan")))
             for name in INTERVALS
         )
-        ok &= json.loads(row["unavailable"] or "{}") == answer["unavailable"]
+        # The JSON of the API's object on every row ("{}" where it is empty); a null would be a difference.
+        unavailable = row["unavailable"]
+        ok &= isinstance(unavailable, str) and json.loads(unavailable) == answer["unavailable"]
         ok &= list(row["ood_reasons"]) == answer["ood_reasons"]
         ok &= bool(row["out_of_distribution"]) == answer["out_of_distribution"]
         differing += not ok

@@ -31,7 +31,7 @@ J_PER_KWH = 3.6e6
 CONFIG_FIELDS = features.CONFIG_COLUMNS
 # What the card's profile records of the training data and a request is checked against.
 OOD_RANGES = ("batch", "m", "n", "k")
-OOD_CATEGORIES = ("op", "dtype", "layout", "kernel")
+OOD_CATEGORIES = ("op", "dtype", "layout", "kernel", "framework")
 
 
 class UnknownDeviceError(LookupError):
@@ -261,8 +261,13 @@ def predict_columns(
         "bytes": computed.bytes,
         "peak_gflops": computed.peak_gflops,
         "bandwidth_gbps": computed.bandwidth_gbps,
+        "peak_unit": np.array(computed.units, dtype=object),
+        "peak_fallback": np.array(computed.fallbacks, dtype=object),
     }
     ood = _ood_reasons(rows, computed.flops, beyond, model, trained)
+    for row, why in enumerate(computed.fallbacks):
+        if why is not None:
+            ood[row].append(why)
     return GemmColumns(values, unavailable, roofline, ood)
 
 

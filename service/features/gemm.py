@@ -23,16 +23,14 @@ import numpy as np
 import pandas as pd
 
 from service.devices import SPEC_FIELDS, DeviceSpec
+from service.features.gemm_dtypes import DTYPE_SPECS, DTYPES, dtype_peak
 
-FEATURE_VERSION = "gemm-3"
+FEATURE_VERSION = "gemm-4"
 
 Op = Literal["gemm", "bmm", "linear"]
-Dtype = Literal["float16", "bfloat16", "float32", "float64", "int8"]
 Layout = Literal["nn", "nt", "tn", "tt"]
 OPS: tuple[str, ...] = get_args(Op)
 LAYOUTS: tuple[str, ...] = get_args(Layout)
-DTYPES: tuple[str, ...] = get_args(Dtype)
-DTYPE_BYTES = dict(zip(get_args(Dtype), (2, 2, 4, 8, 1), strict=True))
 
 # Optional kernel/tile configuration: CUTLASS-style tiles and stages, the GEMM epilogue scalars, CPU
 # thread count, and the 14 CLTune parameters of the UCI SGEMM sweep (lower-cased).
@@ -52,8 +50,20 @@ CLTUNE_FIELDS = (
     "sa",
     "sb",
 )
-KERNEL_NUMERIC_FIELDS = ("tile_m", "tile_n", "tile_k", "stages", "alpha", "beta", "threads", *CLTUNE_FIELDS)
-CATEGORICAL_FIELDS = ("op", "dtype", "layout", "kernel")
+KERNEL_NUMERIC_FIELDS = (
+    "tile_m",
+    "tile_n",
+    "tile_k",
+    "stages",
+    "alpha",
+    "beta",
+    "threads",
+    "quantize_activation",
+    *CLTUNE_FIELDS,
+)
+# ``framework`` (the serving framework or library that ran the GEMM: trtllm, vllm, sglang, ...) is a
+# feature like the kernel; its version identifies a measurement campaign but is no input to the model.
+CATEGORICAL_FIELDS = ("op", "dtype", "layout", "kernel", "framework", "framework_version")
 SIZE_FIELDS = ("batch", "m", "n", "k")
 # The normalised configuration table every loader produces (plus source, device and targets).
 CONFIG_COLUMNS = (*SIZE_FIELDS, *CATEGORICAL_FIELDS, *KERNEL_NUMERIC_FIELDS)
@@ -74,6 +84,7 @@ DERIVED = (
     "log_baseline_ms",
     "log_physics_ms",
     "log_physics_ms_per_k",
+    "log_quantize_ms",
     "physics_tile_m",
     "physics_tile_n",
     "physics_waves",
@@ -100,6 +111,7 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "dtype_code",
     "layout_code",
     "kernel_code",
+    "framework_code",
     *KERNEL_NUMERIC_FIELDS,
     *(f"dev_{f}" for f in SPEC_FIELDS),
     *DERIVED,
@@ -129,6 +141,7 @@ INCREASING_IN_K = (
     "intensity_over_ridge",
     "footprint_over_l2",
     "min_dim_log",
+    "log_quantize_ms",
 )
 
 # Tile assumed when a request names none: a common cuBLAS/CUTLASS threadblock on GPUs, a typical BLAS
@@ -208,9 +221,21 @@ def gemm_flops(batch: Any, m: Any, n: Any, k: Any) -> Any:
     return 2.0 * batch * m * n * k
 
 
-def gemm_bytes(batch: Any, m: Any, n: Any, k: Any, elem: Any, reads_c: Any = False) -> Any:
-    """Bytes a GEMM moves at least: A and B read once, C written once (and read too when beta != 0)."""
-    return elem * batch * (m * k + k * n + m * n * (1.0 + reads_c))
+def gemm_bytes(
+    batch: Any,
+    m: Any,
+    n: Any,
+    k: Any,
+    elem: Any,
+    reads_c: Any = False,
+    b_elem: Any = None,
+    c_elem: Any = None,
+) -> Any:
+    """Bytes a GEMM moves at least: A and B read once, C written once (and read too when beta != 0);
+    ``elem`` bytes per element of A, and of B and C unless ``b_elem`` / ``c_elem`` say otherwise."""
+    b_elem = elem if b_elem is None else b_elem
+    c_elem = elem if c_elem is None else c_elem
+    return batch * (elem * m * k + b_elem * k * n + c_elem * m * n * (1.0 + reads_c))
 
 
 def flops(rows: Rows) -> np.ndarray:
@@ -234,7 +259,8 @@ def _physics_per_k(
 
     ``tiles`` is (candidates, 2, rows): tile_m and tile_n per candidate (NaN: no such candidate). Each tile
     computes ``2 tm tn k`` FLOPs at the per-unit peak; the tiles of one wave share the DRAM bandwidth for
-    their ``(tm + tn) k`` operand elements; waves run one after another, the last one as long as a full one.
+    their ``tm k`` elements of A and ``tn k`` of B (``elem``: bytes per element of A, B and C); waves run
+    one after another, the last one as long as a full one.
     Every term is proportional to k, so the chosen tile does not depend on k and the time per k is k-free:
     that keeps the physics time non-decreasing in k. Returns (ms per k, tile_m, tile_n, waves, wave
     efficiency).
@@ -246,7 +272,7 @@ def _physics_per_k(
     waves = count / slots
     resident = np.minimum(count, slots)
     t_compute = per_unit * 2.0 * tm * tn / (peak_gflops / units * 1e9) * 1e3
-    t_memory = resident * (tm + tn) * elem / (bandwidth_gbps * 1e9) * 1e3
+    t_memory = resident * (tm * elem[0] + tn * elem[1]) / (bandwidth_gbps * 1e9) * 1e3
     per_k = np.ceil(waves) * np.maximum(t_compute, t_memory)
     best = np.argmin(np.where(np.isnan(per_k), np.inf, per_k), axis=0)
     pick = np.arange(per_k.shape[1])
@@ -264,16 +290,23 @@ def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarra
     """The features that depend on k (:data:`INCREASING_IN_K` and ``outer_product``), from k, the element
     size and the k-free columns (sizes, beta, the device's peak, bandwidth, L2 and kind)."""
     b, m, n = columns["batch"], columns["m"], columns["n"]
+    a_bytes, b_bytes, c_bytes = elem
     is_cpu = columns["is_cpu"]
     peak, bandwidth = columns["peak_gflops"], columns["dev_memory_bandwidth_gbps"]
     beta = _filled(columns["beta"], 0.0)
     total_flops = gemm_flops(b, m, n, k)
-    total_bytes = gemm_bytes(b, m, n, k, elem, beta != 0)
+    total_bytes = gemm_bytes(b, m, n, k, a_bytes, beta != 0, b_bytes, c_bytes)
     t_compute = total_flops / (peak * 1e9) * 1e3
     t_memory = total_bytes / (bandwidth * 1e9) * 1e3
     roofline = np.maximum(t_compute, t_memory)
     overhead = np.where(is_cpu == 1, LAUNCH_OVERHEAD_MS["cpu"], LAUNCH_OVERHEAD_MS["gpu"])
     calls = np.where(is_cpu == 1, b, 1.0)
+    # Quantizing the activation inside the op (TensorRT-LLM's dynamic FP8/FP4 path) is a pass of its own:
+    # read A in BF16, write it quantized, one more launch. A bare GEMM with precomputed scales has none.
+    quantize = _filled(columns["quantize_activation"], 0.0) == 1
+    t_quantize = np.where(
+        quantize, b * m * k * (2.0 + a_bytes) / (bandwidth * 1e9) * 1e3 + overhead * calls, 0.0
+    )
     return {
         "k": k,
         "log_k": np.log2(k),
@@ -287,13 +320,17 @@ def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarra
         "log_t_compute_ms": np.log(t_compute),
         "log_t_memory_ms": np.log(t_memory),
         "log_roofline_ms": np.log(roofline),
-        "log_baseline_ms": np.log(roofline + overhead * calls),
-        # The tile waves' time, plus writing C once and the call overhead: never below the roofline's
-        # compute time, and the time a runtime model is learned relative to (efficiency in (0, 1]).
+        "log_baseline_ms": np.log(roofline + overhead * calls + t_quantize),
+        # Zero when the op quantizes nothing: log1p keeps the column finite and non-decreasing in k.
+        "log_quantize_ms": np.log1p(t_quantize),
+        # The tile waves' time, plus writing C once, the call overhead and the activation's quantization
+        # pass: never below the roofline's compute time, and the time a runtime model is learned relative
+        # to (efficiency in (0, 1]).
         "log_physics_ms": np.log(
             k * np.exp(columns["log_physics_ms_per_k"])
-            + elem * b * m * n * (1.0 + (beta != 0)) / (bandwidth * 1e9) * 1e3
+            + c_bytes * b * m * n * (1.0 + (beta != 0)) / (bandwidth * 1e9) * 1e3
             + overhead * calls
+            + t_quantize
         ),
         "intensity_over_ridge": np.log((total_flops / total_bytes) / (peak / bandwidth)),
         "footprint_over_l2": np.log(total_bytes / (columns["dev_l2_cache_mb"] * 1024 * 1024)),
@@ -302,17 +339,24 @@ def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarra
 
 
 _COLUMN_INDEX = {col: j for j, col in enumerate(FEATURE_COLUMNS)}
-# Element size per dtype code; an unknown dtype (NaN code) is priced at 4 bytes, as feature_matrix does.
-_CODE_BYTES = np.array([DTYPE_BYTES[d] for d in DTYPES] + [4], dtype=float)
+# Bytes of A, B and C per dtype code (rows); an unknown dtype (NaN code, last row) is priced as float32.
+_CODE_BYTES = np.array(
+    [[(s := DTYPE_SPECS[d]).a_bytes, s.b_bytes, s.c_bytes] for d in DTYPES] + [[4.0, 4.0, 4.0]], dtype=float
+)
+
+
+def _element_bytes(dtype_code: np.ndarray) -> np.ndarray:
+    """(3, rows): bytes per element of A, B and C for each row's dtype code."""
+    return _CODE_BYTES[np.nan_to_num(dtype_code, nan=len(DTYPES)).astype(np.intp)].T
 
 
 def with_k(matrix: np.ndarray, k: float) -> np.ndarray:
     """The feature matrix of the same configurations with k set to ``k``: the k-dependent columns are
     recomputed from the others, so the result equals :func:`feature_matrix` of the rows with that k."""
     columns = {col: matrix[:, j] for col, j in _COLUMN_INDEX.items()}
-    codes = np.nan_to_num(columns["dtype_code"], nan=len(DTYPES)).astype(np.intp)
     out = np.array(matrix, dtype=float, copy=True)
-    for col, values in _k_columns(columns, np.full(len(matrix), float(k)), _CODE_BYTES[codes]).items():
+    elem = _element_bytes(columns["dtype_code"])
+    for col, values in _k_columns(columns, np.full(len(matrix), float(k)), elem).items():
         if col in _COLUMN_INDEX:  # "flops" and "bytes" ride along for featurize: no feature columns
             out[:, _COLUMN_INDEX[col]] = values
     return out
@@ -334,6 +378,9 @@ class GemmFeatures:
     bytes: np.ndarray
     peak_gflops: np.ndarray
     bandwidth_gbps: np.ndarray
+    # Per row the math unit its peak is of, and why it is not the dtype's own (None: it is).
+    units: list[str]
+    fallbacks: list[str | None]
 
 
 def feature_matrix(rows: Rows, devices: Mapping[str, DeviceSpec]) -> np.ndarray:
@@ -356,9 +403,10 @@ def featurize(rows: Rows, devices: Mapping[str, DeviceSpec]) -> GemmFeatures:
     specs = [devices[name] for name in distinct]
     dtypes = _text(rows, "dtype", n_rows, "float32")
     kernels = _text(rows, "kernel", n_rows)
-    elem = np.array([DTYPE_BYTES.get(d, 4) for d in dtypes], dtype=float)
     out = _config_columns(rows, n_rows, dtypes, kernels)
-    out |= _device_columns(specs, which, out)
+    elem = _element_bytes(out["dtype_code"])
+    peaks = _peaks(specs, which, out["dtype_code"])
+    out |= _device_columns(specs, which, out, peaks.gflops)
     out |= _tile_columns(out, kernels)
     out |= _physics_columns(out, elem)
     b, m, n = out["batch"], out["m"], out["n"]
@@ -369,7 +417,32 @@ def featurize(rows: Rows, devices: Mapping[str, DeviceSpec]) -> GemmFeatures:
     for j, col in enumerate(FEATURE_COLUMNS):
         matrix[:, j] = out[col]
     return GemmFeatures(
-        matrix, out["flops"], out["bytes"], out["peak_gflops"], out["dev_memory_bandwidth_gbps"]
+        matrix,
+        out["flops"],
+        out["bytes"],
+        out["peak_gflops"],
+        out["dev_memory_bandwidth_gbps"],
+        peaks.units,
+        peaks.fallbacks,
+    )
+
+
+@dataclass(frozen=True)
+class _RowPeaks:
+    gflops: np.ndarray
+    units: list[str]
+    fallbacks: list[str | None]
+
+
+def _peaks(specs: Sequence[DeviceSpec], which: np.ndarray, dtype_code: np.ndarray) -> _RowPeaks:
+    """Each row's peak for its dtype (see :func:`dtype_peak`), resolved once per distinct device and dtype."""
+    codes = np.nan_to_num(dtype_code, nan=len(DTYPES)).astype(np.intp)
+    table = [[dtype_peak(s, d) for d in (*DTYPES, "float32")] for s in specs]
+    picked = [table[w][c] for w, c in zip(which.tolist(), codes.tolist(), strict=True)]
+    return _RowPeaks(
+        np.array([p.gflops for p in picked], dtype=float),
+        [p.unit for p in picked],
+        [p.fallback for p in picked],
     )
 
 
@@ -379,14 +452,15 @@ def _config_columns(rows: Rows, n_rows: int, dtypes: list[Any], kernels: list[An
     out = {col: _numeric(rows, col, n_rows) for col in (*SIZE_FIELDS, *KERNEL_NUMERIC_FIELDS)}
     out["batch"] = _filled(out["batch"], 1.0)
     out["op_code"] = _code(_text(rows, "op", n_rows, "gemm"), OPS)
-    out["dtype_code"] = _code(dtypes, tuple(DTYPE_BYTES))
+    out["dtype_code"] = _code(dtypes, DTYPES)
     out["layout_code"] = _code(_text(rows, "layout", n_rows), LAYOUTS)
     out["kernel_code"] = np.array([kernel_code(k) for k in kernels], dtype=float)
+    out["framework_code"] = np.array([kernel_code(f) for f in _text(rows, "framework", n_rows)], dtype=float)
     return out
 
 
 def _device_columns(
-    specs: Sequence[DeviceSpec], which: np.ndarray, config: Mapping[str, np.ndarray]
+    specs: Sequence[DeviceSpec], which: np.ndarray, config: Mapping[str, np.ndarray], peak: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Each row's device specs, and what of the device its configuration can use: the units (a CPU
     request may name fewer threads than cores) and their peak rate for its dtype."""
@@ -397,14 +471,10 @@ def _device_columns(
     units = out["dev_sm_count"]
     threads = config["threads"]
     effective_units = np.where(np.isnan(threads), units, np.minimum(threads, units))
-    # Peak rate per distinct device and dtype; a dtype outside DTYPES (last column) runs at the FP32 rate.
-    peaks = np.array([[s.peak_gflops(d) for d in (*DTYPES, "float32")] for s in specs], dtype=float)
-    peaks = peaks.reshape(len(specs), len(DTYPES) + 1)
-    dtype_index = np.nan_to_num(config["dtype_code"], nan=len(DTYPES)).astype(np.intp)
     tdp = np.array([s.tdp_w if s.tdp_w else np.nan for s in specs], dtype=float)[which]
     out["is_cpu"] = np.array([s.kind == "cpu" for s in specs], dtype=float)[which]
     out["effective_units"] = effective_units
-    out["peak_gflops"] = peaks[which, dtype_index] * effective_units / units
+    out["peak_gflops"] = peak * effective_units / units
     out["tdp_per_gflop"] = tdp / out["dev_fp32_gflops"]
     out["bandwidth_per_gflop"] = out["dev_memory_bandwidth_gbps"] / out["dev_fp32_gflops"]
     return out

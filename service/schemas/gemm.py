@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal, Self
 
-from pydantic import ConfigDict, Field, StrictFloat, model_validator
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, model_validator
 
 from service.devices import DeviceSpec
-from service.features.gemm import Dtype, Layout, Op
+from service.features.gemm import Layout, Op
+from service.features.gemm_dtypes import QUANTIZED_ACTIVATION_DTYPES, Dtype
 from service.schemas.common import Int, Interval, ModelRef, OptionalInt, Strict
 
 MAX_DIM = 1 << 24  # 16M: far past any measured GEMM; larger sizes are input errors, not predictions.
@@ -22,10 +23,35 @@ class GemmShape(Strict):
     k: Int = Field(gt=0, le=MAX_DIM, description="Shared dimension")
     batch: Int = Field(default=1, gt=0, le=MAX_BATCH_DIM)
     op: Op = "gemm"
-    dtype: Dtype = "float32"
+    dtype: Dtype = Field(
+        default="float32",
+        description="Element type and the math it runs on. float32/float64/float16/bfloat16: both operands "
+        "and C in that type; tfloat32: float32 data on TF32 tensor cores; float8_e4m3fn/float8_e5m2: FP8 "
+        "operands with per-tensor scales, BF16 output; float8_block: E4M3 with 1x128 activation and 128x128 "
+        "weight block scales (DeepSeek-V3/DeepGEMM style); nvfp4: FP4 E2M1 with an E4M3 scale per 16 "
+        "elements; int8: W8A8 (e.g. SmoothQuant), BF16 output; int8_weight_only/int4_weight_only: BF16 "
+        "activations times weights dequantized in the kernel. A is the activation (m x k), B the weight.",
+    )
+    quantize_activation: StrictBool | None = Field(
+        default=None,
+        description="Whether quantizing A (the BF16 activation) into the dtype is part of the timed op, as "
+        "in TensorRT-LLM's dynamic FP8/FP4 path: one more elementwise pass (read A in BF16, write it "
+        "quantized) and a launch. Unset or false: a bare GEMM on operands already quantized, with "
+        "precomputed scales (cuBLASLt, DeepGEMM). Only for dtypes with a quantized activation: "
+        + ", ".join(QUANTIZED_ACTIVATION_DTYPES),
+    )
     layout: Layout | None = None
     alpha: StrictFloat | None = None
     beta: StrictFloat | None = None
+
+    @model_validator(mode="after")
+    def quantize_only_quantized(self) -> Self:
+        if self.quantize_activation and self.dtype not in QUANTIZED_ACTIVATION_DTYPES:
+            raise ValueError(
+                f"quantize_activation: dtype {self.dtype!r} has no quantized activation to produce; it "
+                f"applies to {', '.join(QUANTIZED_ACTIVATION_DTYPES)}"
+            )
+        return self
 
 
 class GemmConfiguration(Strict):
@@ -33,6 +59,14 @@ class GemmConfiguration(Strict):
     unset means the library's own choice)."""
 
     kernel: str | None = Field(default=None, max_length=200, description="Kernel name, e.g. a CUTLASS kernel")
+    framework: str | None = Field(
+        default=None,
+        max_length=100,
+        description="Framework or library that runs the GEMM (e.g. trtllm, vllm, sglang, cublas)",
+    )
+    framework_version: str | None = Field(
+        default=None, max_length=100, description="Its version (kept with measurements; no model input)"
+    )
     tile_m: OptionalInt = Field(default=None, gt=0, le=4096)
     tile_n: OptionalInt = Field(default=None, gt=0, le=4096)
     tile_k: OptionalInt = Field(default=None, gt=0, le=4096)
@@ -94,6 +128,12 @@ class Roofline(Strict):
     bytes: float
     peak_gflops: float
     bandwidth_gbps: float
+    peak_unit: str = Field(description="The math unit whose dense peak prices the dtype (fp32, bf16, fp8)")
+    peak_fallback: str | None = Field(
+        default=None,
+        description="Why the peak is not the dtype's own unit's: the device lacks that unit and runs the "
+        "dtype on another (also among the out-of-distribution reasons)",
+    )
 
 
 class GemmPrediction(Strict):

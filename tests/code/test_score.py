@@ -6,23 +6,30 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from service.app import create_app
+from service.devices import DeviceCatalog
+from service.domains import gemm
+from service.domains.contracts import DOMAINS
+from service.registry import ModelRegistry
+from service.schemas.gemm import GemmInstance
 from service.settings import Settings
 from training.cli import app as cli
 from training.cluster import dask_client
 from training.score import run
 from training.score.run import ERRORS, MANIFEST, ScoreError, score
-from training.score.table import INTERVAL_COLUMNS
+from training.score.table import INTERVAL_COLUMNS, score_chunk
 
 DEVICES = ["NVIDIA GeForce RTX 4070", "Tesla T4", "NVIDIA H100 80GB HBM3", "nvidia a100-pcie-40gb"]
 
@@ -67,7 +74,10 @@ def scored_as_api(row: pd.Series) -> dict[str, Any]:
         )
         if interval is not None or name not in ("cost_usd", "co2_g"):
             out[name] = interval
-    out["unavailable"] = json.loads(row["unavailable"]) if isinstance(row["unavailable"], str) else {}
+    # Always the JSON of the API's object ("{}" where it is empty): a null (NaN in pandas) stays as it is.
+    out["unavailable"] = (
+        json.loads(row["unavailable"]) if isinstance(row["unavailable"], str) else row["unavailable"]
+    )
     out["ood_reasons"] = list(row["ood_reasons"])
     out["out_of_distribution"] = bool(row["out_of_distribution"])
     return out
@@ -133,6 +143,39 @@ def test_parquet_with_gaps_in_an_integer_column(trained_model_dir: Path, tmp_pat
     assert scored["batch"].tolist() == filled["batch"].tolist()  # as validated: the default where empty
     expected = api_answers(trained_model_dir, filled, coverage=0.8)
     assert scored["runtime_ms_high"].tolist() == [a["runtime_ms"]["high"] for a in expected]
+
+
+def test_an_empty_unavailable_is_written_as_the_apis_empty_object(
+    trained_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the API answers ``"unavailable": {}``, the Parquet output holds ``"{}"``, never a null (which
+    pandas reads back as NaN, and ``json.loads`` refuses); where it names reasons, their JSON."""
+    # The session's model has no energy model, so each of its rows names a reason; a model with every
+    # target answers {} on the RTX 4070. The API and the table both get their columns from here.
+    predict_columns = gemm.predict_columns
+
+    def complete_on_the_rtx(config: dict[str, list[Any]], *args: Any) -> gemm.GemmColumns:
+        columns = predict_columns(config, *args)
+        reasons = [
+            {} if d == DEVICES[0] else r for d, r in zip(config["device"], columns.unavailable, strict=True)
+        ]
+        return replace(columns, unavailable=reasons)
+
+    monkeypatch.setattr(gemm, "predict_columns", complete_on_the_rtx)
+    model = ModelRegistry(trained_model_dir, DOMAINS).reload().get("gemm")
+    assert model is not None
+    catalog = DeviceCatalog.default()
+    frame = instances(8)
+    chunk = score_chunk(frame, 0, 0.9, model, catalog)
+    assert chunk.errors == [] and chunk.table.num_rows == len(frame)
+    pq.write_table(chunk.table, tmp_path / "part.parquet")
+    written = pd.read_parquet(tmp_path / "part.parquet")["unavailable"].tolist()
+    records = [{k: v for k, v in r.items() if not pd.isna(v)} for r in frame.to_dict("records")]
+    answers = gemm.predict([GemmInstance.model_validate(r) for r in records], 0.9, model, catalog)
+    expected = [a["unavailable"] for a in answers]
+    assert {} in expected and any(expected), "the check needs rows with and without reasons"
+    assert all(isinstance(v, str) for v in written), written
+    assert [json.loads(v) for v in written] == expected
 
 
 def test_a_failing_partition_publishes_nothing(

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from service.features.gemm import DTYPES
 from training.cli import app
 
 BUNDLED = Path(__file__).resolve().parents[2] / "datasets" / "cpu-gemm-local"
@@ -68,7 +69,7 @@ def test_bad_rows_are_reported_by_reason_and_line_and_not_trained_on(tmp_path: P
         "runtime_ms missing, non-numeric or <= 0": 3,
         "m missing, non-numeric or <= 0": 1,
         "n is not a whole number": 1,
-        "dtype not one of float16, bfloat16, float32, float64, int8": 1,
+        f"dtype not one of {', '.join(DTYPES)}": 1,
         "threads is not a finite number": 1,
         "duplicate configuration": 1,
     }

@@ -19,7 +19,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from service.features.gemm import DTYPE_BYTES, gemm_bytes, gemm_flops
+from service.features.gemm import gemm_bytes, gemm_flops
+from service.features.gemm_dtypes import DTYPE_BYTES
 from training.collect.storage import RowWriter
 
 # The first columns of both collectors' CSVs: the key, where and on what it was measured, and the shape.

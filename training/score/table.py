@@ -27,16 +27,17 @@ from service.schemas.gemm import GemmInstance
 # Quantities with an interval, as the response names them; each becomes three columns.
 INTERVAL_COLUMNS = ("runtime_ms", "power_w", "energy_j", "utilization", "cost_usd", "co2_g")
 ROOFLINE_COLUMNS = ("flops", "bytes", "peak_gflops", "bandwidth_gbps")
+ROOFLINE_TEXT_COLUMNS = ("peak_unit", "peak_fallback")
 
 
 def field_kinds() -> dict[str, str]:
-    """Each table-able field of a GEMM instance and its JSON type (integer, number or string), read from
-    the schema itself. Inline device specs are nested objects and have no place in a flat table."""
+    """Each table-able field of a GEMM instance and its JSON type (integer, number, boolean or string),
+    read from the schema itself. Inline device specs are nested objects and have no place in a flat table."""
     properties = GemmInstance.model_json_schema()["properties"]
     kinds = {}
     for name, spec in properties.items():
         types = [spec.get("type")] + [option.get("type") for option in spec.get("anyOf", [])]
-        kind = next((t for t in types if t in ("integer", "number", "string")), None)
+        kind = next((t for t in types if t in ("integer", "number", "boolean", "string")), None)
         if kind is not None:
             kinds[name] = kind
     return kinds
@@ -71,6 +72,8 @@ def _python_values(series: pd.Series, kind: str) -> list[Any]:
     empty = series.isna().to_numpy()
     if kind == "string":
         return [None if e else v for v, e in zip(original, empty, strict=True)]
+    if kind == "boolean":
+        return [None if e else _boolean(v) for v, e in zip(original, empty, strict=True)]
     numeric = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     convert = np.isfinite(numeric)
     if kind == "integer":
@@ -87,6 +90,12 @@ def _python_values(series: pd.Series, kind: str) -> list[Any]:
     return out
 
 
+def _boolean(value: Any) -> Any:
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    return BOOLEAN_TEXT.get(str(value).strip().lower(), value)
+
+
 def _reason(errors: list[Any]) -> tuple[str, str]:
     """One row's schema errors as the fields and the reasons (each naming its field)."""
     fields, reasons = [], []
@@ -97,15 +106,12 @@ def _reason(errors: list[Any]) -> tuple[str, str]:
     return ", ".join(fields), "; ".join(reasons)
 
 
-def _as_json(reasons: list[dict[str, str]]) -> list[str | None]:
-    """Each row's reasons as JSON (None: none). Rows of one device share theirs, so each distinct set is
-    encoded once."""
+def _as_json(reasons: list[dict[str, str]]) -> list[str]:
+    """Each row's reasons as the JSON object the API answers: ``{}`` where there are none (never null, which
+    a reader would get back as NaN). Rows of one device share theirs, so each distinct set is encoded once."""
     encoded: dict[tuple[tuple[str, str], ...], str] = {}
-    out: list[str | None] = []
+    out: list[str] = []
     for row in reasons:
-        if not row:
-            out.append(None)
-            continue
         key = tuple(row.items())
         if key not in encoded:
             encoded[key] = json.dumps(row)
@@ -113,7 +119,9 @@ def _as_json(reasons: list[dict[str, str]]) -> list[str | None]:
     return out
 
 
-ARROW_TYPES = {"integer": pa.int64(), "number": pa.float64(), "string": pa.string()}
+ARROW_TYPES = {"integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "string": pa.string()}
+# How a boolean is spelled in a CSV (or stored as a number); anything else is left for the schema to refuse.
+BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
 
 
 def output_schema(given: list[str]) -> pa.Schema:
@@ -124,8 +132,9 @@ def output_schema(given: list[str]) -> pa.Schema:
     for name in INTERVAL_COLUMNS:
         fields += [pa.field(f"{name}{suffix}", pa.float64()) for suffix in ("", "_low", "_high")]
     fields += [pa.field(f"roofline_{name}", pa.float64()) for name in ROOFLINE_COLUMNS]
+    fields += [pa.field(f"roofline_{name}", pa.string()) for name in ROOFLINE_TEXT_COLUMNS]
     fields += [
-        pa.field("unavailable", pa.string()),
+        pa.field("unavailable", pa.string(), nullable=False),
         pa.field("out_of_distribution", pa.bool_()),
         pa.field("ood_reasons", pa.list_(pa.string())),
     ]
@@ -213,6 +222,8 @@ def score_chunk(
         data[name], data[f"{name}_low"], data[f"{name}_high"] = bounds.value, bounds.low, bounds.high
     for name in ROOFLINE_COLUMNS:
         data[f"roofline_{name}"] = columns.roofline[name]
+    for name in ROOFLINE_TEXT_COLUMNS:
+        data[f"roofline_{name}"] = columns.roofline[name].tolist()
     data["unavailable"] = _as_json(columns.unavailable)
     data["out_of_distribution"] = [bool(r) for r in columns.ood_reasons]
     data["ood_reasons"] = columns.ood_reasons

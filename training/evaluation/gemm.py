@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import GroupShuffleSplit
 
 from service.devices import DeviceCatalog, DeviceSpec
 from service.domains import gemm as gemm_domain
@@ -30,13 +30,32 @@ from training.train import GemmFit, fit_gemm, gemm_card, merged
 
 log = logging.getLogger(__name__)
 
-# random: 80/20 (seed 0); group-device: leave one device out (optionally with a few calibration rows of
-# the held-out device in training); extrapolate: per device, train on the 80% smallest GEMMs by FLOPs and
-# test on the 20% largest; transfer: train on other datasets, test on every row of this one.
+# random: 80/20 (seed 0) by GEMM (repeat measurements of one GEMM stay on one side); group-device: leave
+# one device out (optionally with a few calibration rows of the held-out device in training); extrapolate:
+# per device, train on the 80% smallest GEMMs by FLOPs and test on the 20% largest; transfer: train on
+# other datasets, test on every row of this one.
 PROTOCOLS = ("random", "group-device", "extrapolate", "transfer")
-GROUPS = ("device", "op", "device_op", "size")
-# Float fields of a GEMM request; the other numeric configuration fields are whole numbers.
+GROUPS = ("device", "op", "dtype", "device_op", "device_dtype", "size")
+# Float fields of a GEMM request; the other numeric configuration fields are whole numbers but these.
 FLOAT_FIELDS = ("alpha", "beta")
+BOOLEAN_FIELDS = ("quantize_activation",)
+# What tells two campaigns' measurements of one GEMM apart without making them different GEMMs: the
+# framework's version, and the kernel name it reports (versions of one framework name theirs differently).
+CAMPAIGN_FIELDS = ("framework_version", "kernel")
+
+
+def gemm_identity(frame: pd.DataFrame) -> np.ndarray:
+    """A group number per row: rows with one device and configuration, whatever the campaign, share it."""
+    columns = ["device", *(c for c in gemm_features.CONFIG_COLUMNS if c not in CAMPAIGN_FIELDS)]
+    return frame[columns].astype(str).groupby(columns, sort=False).ngroup().to_numpy()
+
+
+def random_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """80/20 by GEMM (seed 0): the repeat measurements of one GEMM by several campaigns (aiconfigurator's
+    framework versions) are all in training or all in test, never on both sides."""
+    splitter = GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=0)
+    train_rows, test_rows = next(splitter.split(frame, groups=gemm_identity(frame)))
+    return frame.iloc[train_rows], frame.iloc[test_rows]
 
 
 def size_bucket(flops: np.ndarray) -> np.ndarray:
@@ -52,7 +71,10 @@ def summarize_gemm(predictions: pd.DataFrame, dataset: str, protocol: str, n_tra
         "n_train": n_train,
         "n_test": int((predictions["target"] == "runtime_ms").sum()),
     }
-    by = predictions.assign(device_op=predictions["device"] + " / " + predictions["op"])
+    by = predictions.assign(
+        device_op=predictions["device"] + " / " + predictions["op"],
+        device_dtype=predictions["device"] + " / " + predictions["dtype"],
+    )
     return summarize(by, header, [(column, "") for column in GROUPS])
 
 
@@ -65,6 +87,8 @@ def gemm_instances(rows: pd.DataFrame) -> list[GemmInstance]:
             columns[col] = [v if isinstance(v, str) else None for v in values]
         elif col in FLOAT_FIELDS:
             columns[col] = [None if v is None or math.isnan(v) else float(v) for v in values]
+        elif col in BOOLEAN_FIELDS:
+            columns[col] = [None if v is None or math.isnan(v) else bool(v) for v in values]
         else:
             columns[col] = [None if v is None or math.isnan(v) else int(v) for v in values]
     # Fields the row leaves unset take the API's defaults, as in a request that omits them.
@@ -103,6 +127,7 @@ def served_predictions(
                     "model": regressor.best_name_,
                     "device": rows["device"].to_numpy(),
                     "op": rows["op"].to_numpy(),
+                    "dtype": rows["dtype"].fillna("float32").to_numpy(),
                     "size": size_bucket(gemm_features.flops(rows)),
                     "true": rows[target].to_numpy(dtype=float),
                     "pred": [v["value"] for v in values],
@@ -192,7 +217,7 @@ def evaluate_gemm_dataset(
         extra, extra_devices = merged([load_gemm(d, settings) for d in train_datasets])
         devices = extra_devices | devices
     if protocol == "random":
-        train, test = train_test_split(frame, test_size=0.2, random_state=0)
+        train, test = random_split(frame)
         predictions = _held_out(train, test, devices)
         n_train = len(train)
     elif protocol == "group-device":

@@ -89,6 +89,14 @@ def evaluate_gemm(
             "training, without the held-out device's rows",
         ),
     ] = None,
+    sample: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Evaluate on a seeded sample of about this many rows (each device and dtype in "
+            "proportion) for a quick iteration; 0: every row. The report's protocol says so",
+        ),
+    ] = 0,
 ) -> None:
     """Evaluate GEMM models on held-out data as the service serves them; print a table next to the
     published figures."""
@@ -97,7 +105,12 @@ def evaluate_gemm(
     settings = Settings()
     try:
         metrics, predictions = evaluate_gemm_dataset(
-            dataset, protocol, settings, calibrate=calibrate, train_datasets=train_dataset or ()
+            dataset,
+            protocol,
+            settings,
+            calibrate=calibrate,
+            train_datasets=train_dataset or (),
+            sample=sample,
         )
     except DatasetError as exc:
         raise typer.BadParameter(str(exc), param_hint="--dataset / --protocol") from exc

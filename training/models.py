@@ -73,7 +73,7 @@ def make_candidate(
         # visits fewer nodes, which is what serving a row costs. On 80/20 splits (measured here):
         # - uci-sgemm: 2,000 rounds of 255 leaves 1.92% with 5,535 nodes visited per row; 400 rounds of
         #   2,047 leaves 1.65% with 2,603;
-        # - neusight-gemm: 10.04% and 10.12%.
+        # - neusight-gemm: 10.04% and 10.12% (read with n and k swapped, before the loader's fix).
         # Such trees need the "intermediate" monotone method: "advanced" took 8.9 s per 2,047-leaf tree on
         # 40k rows of all GEMM data, "intermediate" 0.1 s, and it scored the same on both splits above.
         large = n_rows > 100_000
@@ -484,9 +484,9 @@ class SplitRegressor(RegressorMixin, BaseEstimator):
 
     def _calibrate_capped(self, lower: CostRegressor, X: pd.DataFrame, y: np.ndarray) -> None:
         """The lower part's intervals from its out-of-fold predictions as served, i.e. capped. On GPUs the
-        upper model at the split ran ~11% below small-k runtimes and capped 74% of them (NeuSight 80/20),
-        and uncapped calibration covered 57% where 90% was asked. The cap comes from the final upper model,
-        so for unseen devices these residuals are, if anything, slightly optimistic."""
+        upper model at the split ran ~11% below small-k runtimes and capped 74% of them (NeuSight 80/20, n
+        and k then swapped), and uncapped calibration covered 57% where 90% was asked. The cap comes from the
+        final upper model, so for unseen devices these residuals are, if anything, slightly optimistic."""
         cap = self._cap(X.iloc[lower.cv_rows_])
         target = y[lower.cv_rows_]
         for regime, oof in lower.oof_.items():

@@ -66,9 +66,10 @@ def default_selection(frame: pd.DataFrame) -> str | tuple[str, ...]:
     predicted from its smaller ones), since users ask about new GPUs and about larger shapes, and random
     K-fold rewards what fits the training devices' shapes; K-fold on one or two devices.
 
-    On NeuSight, leave-one-device-out selection alone picked the raw-runtime forest (A100 held out: LOGO CV
-    26.0%, the forest on the physics ratio 31.1%), which cannot price a GEMM beyond the runtimes it saw:
-    38.2% MAPE on each GPU's largest 20% (P4 52.8%, interval coverage 0.47)."""
+    On NeuSight (read then with n and k swapped, before the loader's fix), leave-one-device-out selection
+    alone picked the raw-runtime forest (A100 held out: LOGO CV 26.0%, the forest on the physics ratio
+    31.1%), which cannot price a GEMM beyond the runtimes it saw: 38.2% MAPE on each GPU's largest 20% (P4
+    52.8%, interval coverage 0.47)."""
     return ("unseen", "extrapolate") if frame["device"].nunique() >= 3 else "seen"
 
 

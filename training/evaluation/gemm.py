@@ -189,6 +189,13 @@ def _group_device(
     return pd.concat(parts, ignore_index=True), int(np.mean(sizes))
 
 
+def sampled(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
+    """About ``rows`` rows, seeded, each (device, dtype) in proportion: a quick iteration's evaluation."""
+    share = rows / len(frame)
+    keys = [frame["device"], frame["dtype"].fillna("float32")]
+    return frame.groupby(keys, group_keys=False).sample(frac=share, random_state=0)
+
+
 def extrapolation_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per device, its GEMMs up to the 80th percentile of FLOPs (train) and the larger ones (test)."""
     train_rows, test_rows = extrapolation_fold(np.log(gemm_features.flops(frame)), frame["device"].to_numpy())
@@ -201,6 +208,7 @@ def evaluate_gemm_dataset(
     settings: Settings,
     calibrate: int = 0,
     train_datasets: Sequence[str] = (),
+    sample: int = 0,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     if calibrate and protocol != "group-device":
         raise DatasetError("--calibrate applies to the group-device protocol only")
@@ -212,6 +220,8 @@ def evaluate_gemm_dataset(
         raise DatasetError(f"--train-dataset {name} is the evaluated dataset itself")
     data = load_gemm(name, settings)
     frame, devices = data.frame, dict(data.devices)
+    if sample and sample < len(frame):
+        frame = sampled(frame, sample)
     extra = None
     if train_datasets:
         extra, extra_devices = merged([load_gemm(d, settings) for d in train_datasets])
@@ -232,6 +242,7 @@ def evaluate_gemm_dataset(
     else:
         raise DatasetError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
     label = protocol + (f"+calibrate{calibrate}" if calibrate else "")
+    label += f"+sample{sample}" if sample else ""
     if protocol == "group-device" and train_datasets:
         label += "+with-" + "+".join(train_datasets)
     metrics = summarize_gemm(predictions, name, label, n_train)

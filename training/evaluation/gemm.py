@@ -47,7 +47,7 @@ CAMPAIGN_FIELDS = ("framework_version", "kernel")
 def gemm_identity(frame: pd.DataFrame) -> np.ndarray:
     """A group number per row: rows with one device and configuration, whatever the campaign, share it."""
     columns = ["device", *(c for c in gemm_features.CONFIG_COLUMNS if c not in CAMPAIGN_FIELDS)]
-    return frame[columns].astype(str).groupby(columns, sort=False).ngroup().to_numpy()
+    return frame[columns].astype(str).groupby(columns, sort=False, dropna=False).ngroup().to_numpy()
 
 
 def random_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -74,6 +74,7 @@ $("#gemm-form").addEventListener("submit", guarded($("#gemm-error"), async (form
   for (const key of ["m", "n", "k", "batch"]) shape[key] = Number(form.get(key));
   shape.op = form.get("op");
   shape.dtype = form.get("dtype");
+  if (form.get("quantize")) shape.quantize_activation = true;
   const devices = form.getAll("devices");
   const spec = form.get("spec").trim();
   const instances = devices.map((device) => ({ ...shape, device }));

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -91,3 +92,29 @@ def test_unusable_csv_is_a_one_line_error_not_a_traceback(tmp_path: Path, conten
     assert message in " ".join(output.split())
     assert "Traceback" not in output
     assert not list(model_dir.glob("gemm/*"))
+
+
+def test_quantize_activation_in_a_csv_is_a_flag_for_quantized_dtypes_only(tmp_path: Path) -> None:
+    from service.devices import DeviceCatalog
+    from training.data.gemm import load_measurements
+    from training.data.report import LoadReport
+
+    device = DeviceCatalog.default().get("NVIDIA H100 80GB HBM3")
+    path = tmp_path / "measurements.csv"
+    path.write_text(
+        "m,n,k,dtype,quantize_activation,runtime_ms\n"
+        "16,4096,4096,float8_e4m3fn,true,0.02\n"
+        "32,4096,4096,float8_e4m3fn,0,0.01\n"
+        "64,4096,4096,float8_e4m3fn,,0.01\n"
+        "16,4096,4096,float8_e4m3fn,yes,0.02\n"
+        "16,4096,4096,bfloat16,true,0.02\n"
+    )
+    report = LoadReport("mine")
+    rows = load_measurements(path, device, report)
+    assert rows["quantize_activation"].tolist()[:2] == [1.0, 0.0] and np.isnan(
+        rows["quantize_activation"].iloc[2]
+    )
+    assert len(rows) == 3
+    reasons = " | ".join(report.rejected)
+    assert "quantize_activation is not true/false/1/0" in reasons
+    assert "quantize_activation is true but the dtype has no quantized activation" in reasons

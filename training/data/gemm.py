@@ -31,6 +31,7 @@ from service.features.gemm import (
     OPS,
     SIZE_FIELDS,
 )
+from service.features.gemm_dtypes import QUANTIZED_ACTIVATION_DTYPES
 from service.model import file_sha256
 from service.settings import Settings
 from training.data.aiconfigurator import load_aiconfigurator
@@ -293,6 +294,30 @@ def load_bundled(directory: Path, report: LoadReport) -> tuple[pd.DataFrame, dic
     return load_measurements(directory / "measurements.csv", device, report), {device.name: device}
 
 
+# How a CSV may spell quantize_activation (blank: not part of the op, as in a request that leaves it unset).
+QUANTIZE_TEXT = {"true": 1.0, "1": 1.0, "false": 0.0, "0": 0.0}
+
+
+def _quantize_flags(raw: pd.DataFrame, keep: pd.Series, report: LoadReport, where: pd.Series) -> pd.Series:
+    """``quantize_activation`` as 1/0 (NaN: blank); the rows to drop are rejected by reason: a value other
+    than true/false/1/0, or true for a dtype with no quantized activation."""
+    text = raw["quantize_activation"].astype(object).where(raw["quantize_activation"].notna(), None)
+    values = text.map(lambda v: np.nan if v is None else QUANTIZE_TEXT.get(str(v).strip().lower(), -1.0))
+    bad = keep & (values == -1.0)
+    for idx in raw.index[bad]:
+        report.reject("quantize_activation is not true/false/1/0", f"{where[idx]}: {text[idx]!r}")
+    dtype = raw["dtype"] if "dtype" in raw else pd.Series("float32", index=raw.index)
+    wrong = keep & ~bad & (values == 1.0) & ~dtype.isin(QUANTIZED_ACTIVATION_DTYPES)
+    for idx in raw.index[wrong]:
+        report.reject(
+            f"quantize_activation is true but the dtype has no quantized activation (only "
+            f"{', '.join(QUANTIZED_ACTIVATION_DTYPES)})",
+            f"{where[idx]}: {dtype[idx]!r}",
+        )
+    raw["quantize_activation"] = values.where(values >= 0, np.nan).astype(float)
+    return ~(bad | wrong)
+
+
 def load_measurements(path: Path, device: DeviceSpec, report: LoadReport) -> pd.DataFrame:
     """One device's measurements CSV (see :data:`REQUIRED_CSV_COLUMNS`); rows naming another device, and
     bad rows, are rejected by reason and line."""
@@ -315,8 +340,11 @@ def load_measurements(path: Path, device: DeviceSpec, report: LoadReport) -> pd.
             report.reject(f"{col} is not a whole number", f"{where[idx]}: {raw.at[idx, col]!r}")
         keep &= ~bad
     raw["runtime_ms"] = pd.to_numeric(raw["runtime_ms"], errors="coerce")
+    if "quantize_activation" in raw:
+        keep &= _quantize_flags(raw, keep, report, where)
     # Optional numbers may be blank (not measured), but a value that is there must be a real one.
-    for col in (c for c in (*KERNEL_NUMERIC_FIELDS, "power_w", "energy_j", "runtime_spread") if c in raw):
+    numeric = (c for c in KERNEL_NUMERIC_FIELDS if c != "quantize_activation")
+    for col in (c for c in (*numeric, "power_w", "energy_j", "runtime_spread") if c in raw):
         values = pd.to_numeric(raw[col], errors="coerce")
         floor = 0.0 if col in ("power_w", "energy_j", "runtime_spread") else -np.inf
         bad = keep & raw[col].notna() & ~(np.isfinite(values) & (values >= floor))

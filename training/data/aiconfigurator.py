@@ -47,7 +47,10 @@ from training.data.registry import DatasetError
 from training.data.report import LoadReport
 
 DATASET = "aiconfigurator-gemm"
-MAX_DEFAULT_ROWS = 150_000
+# Under training.models' "large data" threshold (100k rows), past which LightGBM grows 2,047-leaf trees
+# meant for uci-sgemm's tile grid: at 150,000 rows `perfcost train gemm --dataset aiconfigurator-gemm` took
+# 11.5 min on 2 cores (2.7 min of it exporting those trees); 3,000+ rows per (GPU, dtype) remain.
+MAX_DEFAULT_ROWS = 96_000
 SHAPE_SEED = 20_260_501
 # The Arc Pro B60's older driver (vLLM 0.12.0 campaign) names it by its PCI id; it is the same card that
 # the vLLM 0.20.0 campaign names "Intel(R) Arc(TM) Pro B60 Graphics". Every other name is the catalog's.

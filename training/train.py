@@ -179,7 +179,11 @@ def gemm_card(
 
 
 def dataset_entry(data: GemmData) -> dict[str, Any]:
-    return {"name": data.name, "rows": len(data.frame), "files": data.files, "rejected": data.report.rejected}
+    entry: dict[str, Any] = {"name": data.name, "rows": len(data.frame), "files": data.files}
+    entry["rejected"] = data.report.rejected
+    if data.report.selection is not None:
+        entry["selection"] = data.report.selection
+    return entry
 
 
 def merged(loaded: Sequence[GemmData]) -> tuple[pd.DataFrame, dict[str, DeviceSpec]]:

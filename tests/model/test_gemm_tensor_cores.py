@@ -134,3 +134,12 @@ def test_quantizing_the_activation_costs_a_pass_of_its_own(client: TestClient) -
     instances = [base, {**base, "quantize_activation": True}]
     bare, quantized = client.post("/v1/gemm/predict", json={"instances": instances}).json()["predictions"]
     assert quantized["runtime_ms"]["value"] > bare["runtime_ms"]["value"]
+
+
+def test_the_card_says_what_the_default_training_set_chose(client: TestClient) -> None:
+    body = client.get("/v1/models/gemm").json()
+    card = body.get("card", body)
+    (entry,) = [d for d in card["datasets"] if d["name"] == "aiconfigurator-gemm"]
+    selection = entry["selection"]
+    assert selection["rule"] and selection["rows_by_device_dtype"]
+    assert "NVIDIA B200" in selection["power_rows_by_device"]

@@ -562,8 +562,11 @@ def _describe(
 
 
 def load_aiconfigurator(paths: dict[str, Path], report: LoadReport) -> pd.DataFrame:
-    """The default training set of AI Configurator's GEMMs (module docstring), as a GEMM loader."""
-    return default_training_set(paths, report).frame
+    """The default training set of AI Configurator's GEMMs (module docstring), as a GEMM loader; what it
+    chose goes into the report (and so into the model card)."""
+    chosen = default_training_set(paths, report)
+    report.selection = chosen.description
+    return chosen.frame
 
 
 def describe_default_set(paths: Mapping[str, Path], max_rows: int = MAX_DEFAULT_ROWS) -> dict[str, Any]:

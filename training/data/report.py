@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,12 +17,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadReport:
-    """Rows kept and rows rejected, by reason, with the first few line numbers of each reason."""
+    """Rows kept and rows rejected, by reason, with the first few line numbers of each reason; and where a
+    loader keeps a chosen part of valid rows (a default training set), what it chose and why, as JSON."""
 
     dataset: str
     rows: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None
 
     def reject(self, reason: str, where: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

@@ -222,20 +222,11 @@ def gemm_flops(batch: Any, m: Any, n: Any, k: Any) -> Any:
 
 
 def gemm_bytes(
-    batch: Any,
-    m: Any,
-    n: Any,
-    k: Any,
-    elem: Any,
-    reads_c: Any = False,
-    b_elem: Any = None,
-    c_elem: Any = None,
+    batch: Any, m: Any, n: Any, k: Any, a_bytes: Any, b_bytes: Any, c_bytes: Any, reads_c: Any = False
 ) -> Any:
-    """Bytes a GEMM moves at least: A and B read once, C written once (and read too when beta != 0);
-    ``elem`` bytes per element of A, and of B and C unless ``b_elem`` / ``c_elem`` say otherwise."""
-    b_elem = elem if b_elem is None else b_elem
-    c_elem = elem if c_elem is None else c_elem
-    return batch * (elem * m * k + b_elem * k * n + c_elem * m * n * (1.0 + reads_c))
+    """Bytes a GEMM moves at least: A and B read once, C written once (and read too when beta != 0), at
+    their bytes per element (:class:`~service.features.gemm_dtypes.DtypeSpec`); numbers or arrays alike."""
+    return batch * (a_bytes * m * k + b_bytes * k * n + c_bytes * m * n * (1.0 + reads_c))
 
 
 def flops(rows: Rows) -> np.ndarray:
@@ -295,7 +286,7 @@ def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarra
     peak, bandwidth = columns["peak_gflops"], columns["dev_memory_bandwidth_gbps"]
     beta = _filled(columns["beta"], 0.0)
     total_flops = gemm_flops(b, m, n, k)
-    total_bytes = gemm_bytes(b, m, n, k, a_bytes, beta != 0, b_bytes, c_bytes)
+    total_bytes = gemm_bytes(b, m, n, k, a_bytes, b_bytes, c_bytes, beta != 0)
     t_compute = total_flops / (peak * 1e9) * 1e3
     t_memory = total_bytes / (bandwidth * 1e9) * 1e3
     roofline = np.maximum(t_compute, t_memory)

@@ -60,8 +60,6 @@ DTYPE_SPECS: dict[str, DtypeSpec] = {
     "int4_weight_only": DtypeSpec(2, 0.5 + 2 / 128, 2, "bf16"),
 }
 QUANTIZED_ACTIVATION_DTYPES = tuple(d for d, s in DTYPE_SPECS.items() if s.quantized_activation)
-# Bytes of A per element, as a single figure per dtype (collectors size their buffers with it).
-DTYPE_BYTES = {d: s.a_bytes for d, s in DTYPE_SPECS.items()}
 # Where a device has no unit for a dtype, the rate the hardware and its libraries really fall back to:
 # FP8 and FP4 weights are dequantized to 16 bits in the kernel (as vLLM's Marlin kernels do on Ampere and
 # Hopper), INT8 without integer tensor cores runs as FP16, TF32 without tensor cores is plain FP32, and

@@ -20,7 +20,7 @@ from rich.progress import (
 )
 
 from service.features.gemm import gemm_bytes, gemm_flops
-from service.features.gemm_dtypes import DTYPE_BYTES
+from service.features.gemm_dtypes import DTYPE_SPECS
 from training.collect.storage import RowWriter
 
 # The first columns of both collectors' CSVs: the key, where and on what it was measured, and the shape.
@@ -53,7 +53,8 @@ class GemmShape:
 
     @property
     def nbytes(self) -> int:
-        return int(gemm_bytes(self.batch, self.m, self.n, self.k, DTYPE_BYTES[self.dtype]))
+        spec = DTYPE_SPECS[self.dtype]
+        return int(gemm_bytes(self.batch, self.m, self.n, self.k, spec.a_bytes, spec.b_bytes, spec.c_bytes))
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from service.settings import Settings
 from training.data.aiconfigurator import load_aiconfigurator
 from training.data.deepbench import load_deepbench
 from training.data.registry import REGISTRY, DatasetError, fetch, get_spec
-from training.data.report import LoadReport, positive_mask
+from training.data.report import LoadReport, parse_boolean, positive_mask
 
 log = logging.getLogger(__name__)
 
@@ -294,16 +294,14 @@ def load_bundled(directory: Path, report: LoadReport) -> tuple[pd.DataFrame, dic
     return load_measurements(directory / "measurements.csv", device, report), {device.name: device}
 
 
-# How a CSV may spell quantize_activation (blank: not part of the op, as in a request that leaves it unset).
-QUANTIZE_TEXT = {"true": 1.0, "1": 1.0, "false": 0.0, "0": 0.0}
-
-
 def _quantize_flags(raw: pd.DataFrame, keep: pd.Series, report: LoadReport, where: pd.Series) -> pd.Series:
-    """``quantize_activation`` as 1/0 (NaN: blank); the rows to drop are rejected by reason: a value other
-    than true/false/1/0, or true for a dtype with no quantized activation."""
+    """``quantize_activation`` as 1/0 (NaN: blank, as in a request that leaves it unset); the rows to drop
+    are rejected by reason: a value that spells no boolean, or true for a dtype with no quantized
+    activation."""
     text = raw["quantize_activation"].astype(object).where(raw["quantize_activation"].notna(), None)
-    values = text.map(lambda v: np.nan if v is None else QUANTIZE_TEXT.get(str(v).strip().lower(), -1.0))
-    bad = keep & (values == -1.0)
+    parsed = text.map(lambda v: None if v is None else parse_boolean(v))
+    values = parsed.map(lambda v: np.nan if v is None else float(v)).astype(float)
+    bad = keep & text.notna() & parsed.isna()
     for idx in raw.index[bad]:
         report.reject("quantize_activation is not true/false/1/0", f"{where[idx]}: {text[idx]!r}")
     dtype = raw["dtype"] if "dtype" in raw else pd.Series("float32", index=raw.index)
@@ -314,7 +312,7 @@ def _quantize_flags(raw: pd.DataFrame, keep: pd.Series, report: LoadReport, wher
             f"{', '.join(QUANTIZED_ACTIVATION_DTYPES)})",
             f"{where[idx]}: {dtype[idx]!r}",
         )
-    raw["quantize_activation"] = values.where(values >= 0, np.nan).astype(float)
+    raw["quantize_activation"] = values
     return ~(bad | wrong)
 
 

@@ -15,6 +15,17 @@ from rich.table import Table
 log = logging.getLogger(__name__)
 
 
+# How a table (CSV text, or a number) spells a boolean field.
+BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
+
+
+def parse_boolean(value: Any) -> bool | None:
+    """A table cell as a boolean; None when it spells none (the caller says why it refuses it)."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    return BOOLEAN_TEXT.get(str(value).strip().lower())
+
+
 @dataclass
 class LoadReport:
     """Rows kept and rows rejected, by reason, with the first few line numbers of each reason; and where a

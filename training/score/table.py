@@ -23,6 +23,7 @@ from service.devices import DeviceCatalog, DeviceSpec
 from service.domains import gemm
 from service.model import TabularModel
 from service.schemas.gemm import GemmInstance
+from training.data.report import parse_boolean
 
 # Quantities with an interval, as the response names them; each becomes three columns.
 INTERVAL_COLUMNS = ("runtime_ms", "power_w", "energy_j", "utilization", "cost_usd", "co2_g")
@@ -91,9 +92,9 @@ def _python_values(series: pd.Series, kind: str) -> list[Any]:
 
 
 def _boolean(value: Any) -> Any:
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    return BOOLEAN_TEXT.get(str(value).strip().lower(), value)
+    """A boolean where the cell spells one; otherwise the value as it is, for the schema to refuse."""
+    parsed = parse_boolean(value)
+    return value if parsed is None else parsed
 
 
 def _reason(errors: list[Any]) -> tuple[str, str]:
@@ -120,8 +121,6 @@ def _as_json(reasons: list[dict[str, str]]) -> list[str]:
 
 
 ARROW_TYPES = {"integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "string": pa.string()}
-# How a boolean is spelled in a CSV (or stored as a number); anything else is left for the schema to refuse.
-BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
 
 
 def output_schema(given: list[str]) -> pa.Schema:

@@ -23,7 +23,7 @@ from service.model import TabularModel
 from service.schemas.gemm import GemmSearchRequest
 from service.settings import Settings
 from training.data.gemm import load_gemm
-from training.models import publish
+from training.publish import publish
 from training.train import fit_gemm, gemm_card
 
 log = logging.getLogger("search_ranking")

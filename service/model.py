@@ -166,36 +166,66 @@ class TargetModel:
     # Index of a feature column holding a log-scale time no run can beat (e.g. the roofline): predictions
     # never fall below it.
     floor: int | None = None
+    # Indices of the feature columns the predictor reads, in its order (None: all of them).
+    inputs: np.ndarray | None = None
+    # Per calibrated device (few training rows, see training.models.fit_correction): the log correction
+    # (offset, slope, center) applied as offset + slope * (column ``correct_on`` - center).
+    corrections: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    correct_on: int | None = None
     # Unset: this model predicts every row.
     split: Split | None = None
-    # Half-widths (seen device, unseen device, beyond the sizes trained on) per requested coverage: requests
-    # mostly repeat one coverage, and interpolating the grids costs more than the rest of a one-row interval.
-    _widths: dict[float, tuple[float, float, float]] = field(default_factory=dict, repr=False, compare=False)
+    # Half-widths (seen device, unseen device, beyond the sizes trained on, calibrated device) per requested
+    # coverage: requests mostly repeat one coverage, and interpolating the grids costs more than the rest of
+    # a one-row interval.
+    _widths: dict[float, tuple[float, float, float, float]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
-    def _own_log(self, matrix: np.ndarray) -> np.ndarray:
+    def correction_rows(self, devices: list[str] | None) -> np.ndarray | None:
+        """(rows, 3): each row's correction (zeros where its device has none); None where no row has one."""
+        if not self.corrections or devices is None:
+            return None
+        zero = (0.0, 0.0, 0.0)
+        if not any(d in self.corrections for d in devices):
+            return None
+        return np.array([self.corrections.get(d, zero) for d in devices], dtype=float)
+
+    def _own_log(self, matrix: np.ndarray, correction: np.ndarray | None = None) -> np.ndarray:
+        seen = matrix if self.inputs is None else matrix[:, self.inputs]
         if isinstance(self.predictor, OnnxTrees):
-            raw = self.predictor.predict(matrix)
+            raw = self.predictor.predict(seen)
         else:
-            raw = forest_predict(self.predictor, matrix)
+            raw = forest_predict(self.predictor, seen)
         out = np.asarray(raw, dtype=float).reshape(len(matrix))
         if self.baseline is not None:
             out = out + matrix[:, self.baseline]
+        if correction is not None and self.correct_on is not None:
+            out = out + correction[:, 0] + correction[:, 1] * (matrix[:, self.correct_on] - correction[:, 2])
         return np.maximum(out, matrix[:, self.floor]) if self.floor is not None else out
 
-    def predict_log(self, matrix: np.ndarray) -> np.ndarray:
-        """Log-scale prediction from the feature matrix (columns in the card's order, checked at load)."""
+    def predict_log(self, matrix: np.ndarray, devices: list[str] | None = None) -> np.ndarray:
+        """Log-scale prediction from the feature matrix (columns in the card's order, checked at load);
+        ``devices`` (per row) picks the calibrated devices' corrections."""
+        correction = self.correction_rows(devices)
         split = self.split
         if split is None:
-            return self._own_log(matrix)
+            return self._own_log(matrix, correction)
         below = matrix[:, split.column] < split.value
         if not below.any():
-            return self._own_log(matrix)
+            return self._own_log(matrix, correction)
         out = np.empty(len(matrix))
         if not below.all():
-            out[~below] = self._own_log(matrix[~below])
+            out[~below] = self._own_log(matrix[~below], None if correction is None else correction[~below])
         part = matrix[below]
-        cap = split_cap(part, split.column, split.value, split.capped_from, split.at_split, self._own_log)
-        out[below] = np.minimum(split.model._own_log(part), cap)
+        names = None if devices is None else [d for d, b in zip(devices, below, strict=True) if b]
+        upper = None if correction is None else correction[below]
+        capped = part[:, split.column] >= split.capped_from
+
+        def upper_log(raised: np.ndarray) -> np.ndarray:
+            return self._own_log(raised, None if upper is None else upper[capped])
+
+        cap = split_cap(part, split.column, split.value, split.capped_from, split.at_split, upper_log)
+        out[below] = np.minimum(split.model._own_log(part, split.model.correction_rows(names)), cap)
         return out
 
     def predict(
@@ -206,33 +236,52 @@ class TargetModel:
         only_seen: bool = False,
         seen_below: np.ndarray | None = None,
         beyond: np.ndarray | None = None,
+        devices: list[str] | None = None,
     ) -> Prediction:
         """Value and conformal interval; ``seen`` marks rows whose device this target was trained on,
         ``seen_below`` those the model below the split was trained on (default: ``seen``), and ``beyond``
-        rows larger than anything trained on their device (default: none). With ``only_seen`` the other
-        rows are not predicted at all (NaN)."""
+        rows larger than anything trained on their device (default: none); ``devices`` names each row's
+        device, for the calibrated devices' corrections and intervals. With ``only_seen`` the other rows
+        are not predicted at all (NaN)."""
         if only_seen and not seen.all():
             center = np.full(len(matrix), np.nan)
             if seen.any():
-                center[seen] = self.predict_log(matrix[seen])
+                names = None if devices is None else [d for d, s in zip(devices, seen, strict=True) if s]
+                center[seen] = self.predict_log(matrix[seen], names)
         else:
-            center = self.predict_log(matrix)
-        width = self.halfwidths(coverage, seen, beyond)
+            center = self.predict_log(matrix, devices)
+        width = self.halfwidths(coverage, seen, beyond, self.calibrated(devices))
         if self.split is not None:
             below = matrix[:, self.split.column] < self.split.value
             seen_part = (seen if seen_below is None else seen_below)[below]
             beyond_part = None if beyond is None else beyond[below]
-            width[below] = self.split.model.halfwidths(coverage, seen_part, beyond_part)
+            names = None if devices is None else [d for d, b in zip(devices, below, strict=True) if b]
+            width[below] = self.split.model.halfwidths(
+                coverage, seen_part, beyond_part, self.split.model.calibrated(names)
+            )
         low = center - width
         if self.floor is not None:
             low = np.maximum(low, matrix[:, self.floor])
         return Prediction(np.exp(center), np.exp(low), np.exp(center + width))
 
-    def halfwidths(self, coverage: float, seen: np.ndarray, beyond: np.ndarray | None = None) -> np.ndarray:
+    def calibrated(self, devices: list[str] | None) -> np.ndarray | None:
+        """Per row, whether its device is a calibrated one (None: no row is)."""
+        if not self.corrections or devices is None:
+            return None
+        return member_of(devices, self.corrections)
+
+    def halfwidths(
+        self,
+        coverage: float,
+        seen: np.ndarray,
+        beyond: np.ndarray | None = None,
+        calibrated: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Log-scale half-width per row: the "seen" calibration for rows like the training data, the
-        "unseen" one (held-out devices, families or CPU models) for the others, and on a seen device the
-        "extrapolate" one (fit on its smaller rows, scored on its largest) for rows in ``beyond``. Outside
-        the training distribution never narrower than inside."""
+        "unseen" one (held-out devices, families or CPU models) for the others, on a seen device the
+        "extrapolate" one (fit on its smaller rows, scored on its largest) for rows in ``beyond``, and the
+        "calibrated" one (a held-out device corrected by a few of its rows) for rows in ``calibrated``.
+        Outside the training distribution never narrower than inside."""
         if coverage not in self._widths:
             inside = halfwidth(self.calibration["seen"], coverage)
             larger = (
@@ -248,13 +297,19 @@ class TargetModel:
                 if "unseen" in self.calibration
                 else np.nan
             )
+            corrected = (
+                max(halfwidth(self.calibration["calibrated"], coverage), inside)
+                if "calibrated" in self.calibration
+                else inside
+            )
             if len(self._widths) >= WIDTH_CACHE_SIZE:
                 self._widths.clear()  # coverage comes from requests: bound what they can make us keep
-            self._widths[coverage] = (inside, outside, larger)
-        inside, outside, larger = self._widths[coverage]
-        if beyond is None:
-            return np.where(seen, inside, outside)
-        return np.where(seen, np.where(beyond, larger, inside), outside)
+            self._widths[coverage] = (inside, outside, larger, corrected)
+        inside, outside, larger, corrected = self._widths[coverage]
+        within = inside if beyond is None else np.where(beyond, larger, inside)
+        if calibrated is not None:
+            within = np.where(calibrated, np.maximum(corrected, within), within)
+        return np.where(seen, within, outside)
 
 
 class TabularModel:
@@ -341,10 +396,18 @@ class TabularModel:
             if isinstance(predictor, OnnxTrees)
             else list(getattr(predictor, "feature_names_in_", []))
         )
-        if list(names) != list(self.feature_columns):
+        # The trees see the feature columns, or a subset of them (a domain keeping absolute figures out of
+        # its trees), by name: anything else was fit on features this service does not compute.
+        unknown = [c for c in names if c not in self.feature_columns]
+        if not names or unknown or len(set(names)) != len(names):
             raise ModelLoadError(f"{self.path}: {filename} was fit on other feature columns; retrain")
-        baseline, floor = spec.get("baseline"), spec.get("floor")
-        for role, column in (("baseline", baseline), ("floor", floor)):
+        inputs = (
+            None
+            if list(names) == list(self.feature_columns)
+            else np.array([self.feature_columns.index(c) for c in names], dtype=np.intp)
+        )
+        baseline, floor, correct_on = spec.get("baseline"), spec.get("floor"), spec.get("correct_on")
+        for role, column in (("baseline", baseline), ("floor", floor), ("correct_on", correct_on)):
             if column is not None and column not in self.feature_columns:
                 raise ModelLoadError(f"{self.path}: {name}'s {role} {column!r} is not a feature column")
         return TargetModel(
@@ -355,7 +418,26 @@ class TabularModel:
             devices=list(spec.get("devices", [])),
             baseline=self.feature_columns.index(baseline) if baseline is not None else None,
             floor=self.feature_columns.index(floor) if floor is not None else None,
+            inputs=inputs,
+            corrections=self._corrections(name, spec),
+            correct_on=self.feature_columns.index(correct_on) if correct_on is not None else None,
         )
+
+    def _corrections(self, name: str, spec: dict[str, Any]) -> dict[str, tuple[float, float, float]]:
+        """A target's per-device corrections from its card entry, each three finite numbers."""
+        raw = spec.get("corrections") or {}
+        if raw and spec.get("correct_on") is None:
+            raise ModelLoadError(f"{self.path}: {name} has corrections but no correct_on column")
+        out = {}
+        for device, entry in raw.items():
+            try:
+                values = tuple(float(entry[key]) for key in ("offset", "slope", "center"))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ModelLoadError(f"{self.path}: {name}'s correction for {device!r} is malformed") from exc
+            if not all(np.isfinite(values)):
+                raise ModelLoadError(f"{self.path}: {name}'s correction for {device!r} is not finite")
+            out[device] = (values[0], values[1], values[2])
+        return out
 
     def _split_figure(self, name: str, below: dict[str, Any], key: str) -> float:
         value = below.get(key)
@@ -437,7 +519,13 @@ class TabularModel:
             seen = member_of(devices, target.devices)
             seen_below = member_of(devices, target.split.model.devices) if target.split is not None else None
             prediction = target.predict(
-                matrix, coverage, seen, only_seen=name in only_seen, seen_below=seen_below, beyond=beyond
+                matrix,
+                coverage,
+                seen,
+                only_seen=name in only_seen,
+                seen_below=seen_below,
+                beyond=beyond,
+                devices=devices,
             )
             out[name] = (prediction, seen)
         return out

@@ -67,7 +67,7 @@ def cpu_model_dir(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Pat
     """Two Int_rate benchmarks and the suite score on 1,500 results (LightGBM, 3 folds: seconds)."""
     from training.cpu import cpu_card, fit_spec_suite, target_stem
     from training.data.cpu import SpecData, load_spec_cpu2017
-    from training.models import publish
+    from training.publish import publish
 
     root = tmp_path_factory.mktemp("cpu-service")
     data = load_spec_cpu2017(Settings(data_mirror=mirror, data_home=root / "cache"), (CPU_SUITE,))

@@ -28,7 +28,7 @@ from service.settings import Settings
 from training.data.gemm import COLUMNS, GemmData, load_gemm, load_measurements
 from training.data.registry import DatasetError
 from training.data.report import LoadReport
-from training.models import publish
+from training.publish import publish
 from training.train import dataset_entry, fit_gemm, gemm_card, merged
 
 log = logging.getLogger(__name__)

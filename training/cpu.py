@@ -28,7 +28,8 @@ from training.data.cpu import SCORE, SUITES, SpecData, load_ncpp, load_spec_cpu2
 from training.data.registry import DatasetError, get_spec
 from training.evaluation.metrics import interval_coverage, point_metrics, summarize
 from training.evaluation.plots import error_bars, pred_vs_measured
-from training.models import CostRegressor, publish
+from training.models import CostRegressor
+from training.publish import publish
 
 log = logging.getLogger(__name__)
 

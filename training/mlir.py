@@ -33,7 +33,8 @@ from training.data.mlir import DEFAULT_DIR, load_mlir, measured
 from training.data.registry import DatasetError
 from training.evaluation.metrics import interval_coverage, point_metrics, summarize
 from training.evaluation.plots import pred_vs_measured, write_report
-from training.models import CANDIDATES, CostRegressor, publish
+from training.models import CANDIDATES, CostRegressor
+from training.publish import publish
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,9 @@ from service.settings import Settings
 from training.cluster import ClusterError, training_on_cluster
 from training.data.gemm import GemmData, available_gemm_datasets, load_gemm, load_gemm_dir
 from training.data.registry import DatasetError, get_spec, is_available
-from training.models import REGIMES, CostRegressor, SplitRegressor, publish
+from training.models import REGIMES, CostRegressor
+from training.publish import publish
+from training.split_regressor import SplitRegressor
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +33,22 @@ log = logging.getLogger(__name__)
 # reduction dimension can neither shorten a GEMM nor save energy; power has no such law).
 MONOTONE_IN_K = ("runtime_ms", "energy_j")
 GEMM_TARGETS: dict[str, bool] = {t: t in MONOTONE_IN_K for t in GEMM.targets}
-# Runtime may be learned as an efficiency relative to the physics time (waves of tiles over the SMs, each
-# wave at its compute or memory roofline, plus writing C and the call), where leave-one-device-out CV
-# prefers it (the baseline is itself non-decreasing in k, so the guarantee holds for the sum). Trees
-# predict within the range of the ratios they were fit on, so a GEMM larger than any trained on is
-# priced by the physics, not capped at the largest runtime seen. And no runtime is ever predicted below
-# the device's roofline (the floor), so efficiency and utilization never exceed 1.
-GEMM_BASELINES = {"runtime_ms": "log_physics_ms"}
+# One structure for every target: a LightGBM learns, from dimensionless inputs only
+# (gemm_features.MODEL_INPUTS), the log ratio of the target to a physics figure of the device: runtime to
+# the physics time (waves of tiles over the SMs at the compute roofline, no faster than the memory
+# roofline, split-K, the call), power to the TDP, energy to the TDP over the physics time. Trees predict
+# within the ratios they were fit on, so a new GPU or a larger GEMM is priced by its physics, and no
+# runtime is ever predicted below the device's roofline (the floor): efficiency and utilization never
+# exceed 1. The baselines are non-decreasing in k, so the monotone guarantee holds for the sums.
+# Leave-one-GPU-out on a 30k-row aiconfigurator sample (7 GPUs, mean MAPE): this form 28.7%; the
+# previous choice among LightGBM and a random forest, raw or relative to a 20 us-overhead physics time
+# with every device figure as input, 26.3% on 10k rows but 35-53% on the GPUs unlike the rest.
+GEMM_BASELINES = {"runtime_ms": "log_reference_ms", "power_w": "log_tdp_w", "energy_j": "log_tdp_energy_j"}
 GEMM_FLOORS = {"runtime_ms": "log_roofline_ms"}
+GEMM_CANDIDATES = ("lightgbm",)
+# A device with only a few rows (the calibration sweep a user ran on a new GPU) gets a correction of its
+# own in this column, the log reference time: an offset and a slope from small to large GEMMs.
+CORRECT_ON = "log_reference_ms"
 MIN_ROWS = 30
 # Monotone targets are fit in two parts, k below this and k from it on (see SplitRegressor): below ~32 a
 # GEMM's time is mostly the call and the write of C, and under one constraint those rows bent the fit of
@@ -53,53 +63,39 @@ class GemmFit:
     models: dict[str, tuple[CostRegressor | SplitRegressor, dict[str, Any]]]
 
 
-def gemm_log_target(frame: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """Rows with a usable measurement of ``target`` and its log value."""
+def gemm_log_target(frame: pd.DataFrame, target: str, baseline: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with a usable measurement of ``target`` and a finite baseline (a device without a TDP has
+    none for power), and the target's log value."""
     values = frame[target].to_numpy(dtype=float)
-    mask = np.isfinite(values) & (values > 0)
+    mask = np.isfinite(values) & (values > 0) & np.isfinite(baseline)
     return mask, np.log(values[mask])
-
-
-def default_selection(frame: pd.DataFrame) -> str | tuple[str, ...]:
-    """Candidates and target forms are chosen by the CV that mimics use: where the data span three devices
-    or more, the mean of leave-one-device-out and size-extrapolation CV (each device's largest 20% of GEMMs
-    predicted from its smaller ones), since users ask about new GPUs and about larger shapes, and random
-    K-fold rewards what fits the training devices' shapes; K-fold on one or two devices.
-
-    On NeuSight (read then with n and k swapped, before the loader's fix), leave-one-device-out selection
-    alone picked the raw-runtime forest (A100 held out: LOGO CV 26.0%, the forest on the physics ratio
-    31.1%), which cannot price a GEMM beyond the runtimes it saw: 38.2% MAPE on each GPU's largest 20% (P4
-    52.8%, interval coverage 0.47)."""
-    return ("unseen", "extrapolate") if frame["device"].nunique() >= 3 else "seen"
 
 
 def fit_gemm(
     frame: pd.DataFrame,
     devices: dict[str, DeviceSpec],
-    select_by: str | tuple[str, ...] | None = None,
     regimes: tuple[str, ...] = REGIMES,
 ) -> GemmFit:
-    """Fit every GEMM target with measurements; ``regimes`` are the calibrations to compute, ``select_by``
-    the one that picks each target's candidate (default: :func:`default_selection`)."""
+    """Fit every GEMM target with measurements; ``regimes`` are the calibrations to compute (one form per
+    target: nothing is selected, the K-fold regime only names the CV score the card reports first)."""
     features = gemm_features.build_features(frame, devices)
     models: dict[str, tuple[CostRegressor | SplitRegressor, dict[str, Any]]] = {}
     for target, monotone in GEMM_TARGETS.items():
-        mask, y = gemm_log_target(frame, target)
+        baseline, floor = GEMM_BASELINES[target], GEMM_FLOORS.get(target)
+        mask, y = gemm_log_target(frame, target, features[baseline].to_numpy())
         if mask.sum() < MIN_ROWS:
             log.info("%s: %d measured rows, fewer than %d: no model", target, mask.sum(), MIN_ROWS)
             continue
         rows = frame.loc[mask]
         log.info("fitting %s on %d rows from %d devices", target, mask.sum(), rows["device"].nunique())
         groups = rows["device"].to_numpy()
-        chosen = select_by or default_selection(rows)
-        baseline, floor = GEMM_BASELINES.get(target), GEMM_FLOORS.get(target)
         increasing: tuple[str, ...] = gemm_features.INCREASING_IN_K if monotone else ()
         model: CostRegressor | SplitRegressor = (
             SplitRegressor(
                 "k",
                 K_SPLIT,
                 gemm_features.with_k,
-                select_by=chosen,
+                select_by="seen",
                 increasing=increasing,
                 regimes=regimes,
                 baseline=baseline,
@@ -108,9 +104,22 @@ def fit_gemm(
                 # k = 1 is the outer product, which libraries run on another, slower path (see
                 # gemm_features.INCREASING_IN_K): from k = 2 on the prediction never decreases.
                 capped_from=2,
+                inputs=gemm_features.MODEL_INPUTS,
+                relative=True,
+                candidates=GEMM_CANDIDATES,
+                correct_on=CORRECT_ON,
             )
             if monotone
-            else CostRegressor(select_by=chosen, regimes=regimes, baseline=baseline, floor=floor)
+            else CostRegressor(
+                candidates=GEMM_CANDIDATES,
+                select_by="seen",
+                regimes=regimes,
+                baseline=baseline,
+                floor=floor,
+                inputs=gemm_features.MODEL_INPUTS,
+                relative=True,
+                correct_on=CORRECT_ON,
+            )
         )
         model.fit(features.loc[mask], y, groups=groups)
         models[target] = (
@@ -118,7 +127,6 @@ def fit_gemm(
             {
                 "increasing_in": list(increasing),
                 "n_train": int(mask.sum()),
-                "selected_by": chosen if isinstance(chosen, str) else list(chosen),
                 "devices": sorted(rows["device"].unique()),
             },
         )

@@ -25,7 +25,7 @@ import pandas as pd
 from service.devices import SPEC_FIELDS, DeviceSpec
 from service.features.gemm_dtypes import DTYPE_SPECS, DTYPES, dtype_peak
 
-FEATURE_VERSION = "gemm-4"
+FEATURE_VERSION = "gemm-5"
 
 Op = Literal["gemm", "bmm", "linear"]
 Layout = Literal["nn", "nt", "tn", "tt"]
@@ -83,7 +83,6 @@ DERIVED = (
     "log_roofline_ms",
     "log_baseline_ms",
     "log_physics_ms",
-    "log_physics_ms_per_k",
     "log_quantize_ms",
     "physics_tile_m",
     "physics_tile_n",
@@ -104,6 +103,9 @@ DERIVED = (
     "kernel_tile_n",
     "tdp_per_gflop",
     "bandwidth_per_gflop",
+    "log_tdp_w",
+    "log_tdp_energy_j",
+    "log_reference_ms",
 )
 FEATURE_COLUMNS: tuple[str, ...] = (
     *SIZE_FIELDS,
@@ -119,9 +121,9 @@ FEATURE_COLUMNS: tuple[str, ...] = (
 
 # Features that never decrease when k grows with everything else fixed. Models constrain their output to be
 # non-decreasing in each (LightGBM/sklearn monotone constraints; k below and from 32 fit apart, joined so
-# that the whole stays monotone, see training.models.SplitRegressor), so predicted runtime and energy never
-# drop as the reduction dimension grows from 2 on. No other feature may depend on k: that would break the
-# guarantee (hence no k alignment and no memory-bound flag among the features). The one exception is
+# that the whole stays monotone, see training.split_regressor.SplitRegressor), so predicted runtime and
+# energy never drop as the reduction dimension grows from 2 on. No other feature may depend on k: that would
+# break the guarantee (hence no k alignment and no memory-bound flag among the features). The one exception is
 # ``outer_product`` (k = 1), which libraries run on another code path: numpy computes a 674×1853 outer
 # product in 1.39 ms on this project's CPU but a 753×1376×2 product in 0.12 ms, and a model forced to
 # predict k = 1 no slower than k = 2 was wrong on both (cpu-gemm-local random MAPE 12.5% with it forced,
@@ -142,6 +144,38 @@ INCREASING_IN_K = (
     "footprint_over_l2",
     "min_dim_log",
     "log_quantize_ms",
+    "log_tdp_energy_j",
+    "log_reference_ms",
+)
+
+# What the models' trees see: dimensionless figures of a GEMM against its device (sizes in log2, waves of
+# tiles over the units and their tail, intensity over the ridge point, footprint over L2, alignment), its
+# configuration, and the physics time itself (where a GEMM sits between launch-bound and throughput-bound).
+# Each target is learned relative to a physics figure (runtime to the physics time, power to the TDP,
+# energy to the TDP over the physics time), so no absolute figure of the device enters: with seven GPUs
+# any such figure names one, and trees that could read the ridge point (peak over bandwidth) priced a
+# held-out A100's BF16 decode GEMMs like the B60's, the nearest ridge in training (126% MAPE against
+# 15% without it, aiconfigurator leave-one-GPU-out on a 30k-row sample).
+MODEL_INPUTS: tuple[str, ...] = (
+    "log_m",
+    "log_n",
+    "log_k",
+    "log_batch",
+    "op_code",
+    "dtype_code",
+    "layout_code",
+    "framework_code",
+    *KERNEL_NUMERIC_FIELDS,
+    "is_cpu",
+    "outer_product",
+    "physics_waves",
+    "physics_wave_efficiency",
+    "intensity_over_ridge",
+    "footprint_over_l2",
+    "m_align",
+    "n_align",
+    "min_dim_log",
+    "log_physics_ms",
 )
 
 # Tile assumed when a request names none: a common cuBLAS/CUTLASS threadblock on GPUs, a typical BLAS
@@ -149,11 +183,19 @@ INCREASING_IN_K = (
 _TILE = re.compile(r"_(\d+)x(\d+)_")
 DEFAULT_GPU_TILE = 128
 DEFAULT_CPU_TILE = 64
-# Fixed cost of issuing one GEMM (kernel launch on a GPU, BLAS call on a CPU). Measured floors: 30-55 us
-# for the smallest cuBLAS calls in NeuSight's data, a few us for numpy on a CPU. Added to the roofline so
-# the learned ratio stays near 1 for tiny problems instead of exploding device-specifically. A batched
-# GEMM is one launch on a GPU, but one BLAS call per matrix on a CPU (numpy loops over the batch).
-LAUNCH_OVERHEAD_MS = {"gpu": 0.02, "cpu": 0.002}
+# Least fixed cost of issuing one GEMM (kernel launch on a GPU, BLAS call on a CPU), a floor of the physics
+# time: the smallest GEMMs replayed in a CUDA graph take 2.2-3.3 us on B200, GB200 and H100
+# (aiconfigurator), numpy's a few us on a CPU. Where a measurement adds more (a launch outside a graph:
+# 30-55 us for the smallest cuBLAS calls in NeuSight's data), that is an efficiency below 1, learned.
+# A batched GEMM is one launch on a GPU, but one BLAS call per matrix on a CPU (numpy loops over the batch).
+LAUNCH_OVERHEAD_MS = {"gpu": 0.002, "cpu": 0.002}
+# What runtime is learned relative to: the physics time plus this fixed time. A GEMM's time is about a
+# fixed cost plus a cost per unit of k; its ratio to a baseline whose fixed part is at least as large as
+# any measured fixed cost (50 us for the smallest cuBLAS calls outside a CUDA graph) never falls as k grows,
+# so the monotone constraint in k holds the ratio the way the data do. Relative to the bare physics time
+# the ratio falls with k, and constraining it cost 7 points of leave-one-GPU-out MAPE (aiconfigurator, 30k
+# rows: 35.9% against 29.4% here and 28.7% unconstrained, which would break the guarantee).
+REFERENCE_MS = 0.05
 # Threadblock tiles a GPU library chooses among when the request names none (cuBLAS's SGEMM kernels in
 # NeuSight's data use 128x128, 128x64, 64x64, 32x128, 128x32 and 32x32; CUTLASS adds 256x128). The
 # physics time takes the fastest of them, as the library's heuristic aims to.
@@ -168,6 +210,8 @@ GPU_TILES = (
     (128, 32),
     (32, 32),
 )
+# Split-K factors a GPU library chooses among (cuBLAS and CUTLASS split the reduction of skinny GEMMs).
+SPLIT_K = (1, 2, 4, 8, 16)
 # Tiles resident on one SM at a time: a 128x128 tile fills an SM's registers, smaller ones share it.
 TILE_AREA_PER_SM = 128 * 128
 MAX_TILES_PER_SM = 8
@@ -236,45 +280,69 @@ def flops(rows: Rows) -> np.ndarray:
     return np.asarray(gemm_flops(batch, m, n, k))
 
 
-def _physics_per_k(
-    b: np.ndarray,
-    m: np.ndarray,
-    n: np.ndarray,
+def _wave_time_per_k(
+    count: np.ndarray,
+    tm: np.ndarray,
+    tn: np.ndarray,
     units: np.ndarray,
     peak_gflops: np.ndarray,
-    bandwidth_gbps: np.ndarray,
-    elem: np.ndarray,
-    tiles: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Wave-quantised tile roofline per unit of k, for each row's fastest candidate tile.
+    split: np.ndarray | float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Compute time per unit of k of ``count`` output tiles (tm x tn) in waves over the units, each tile
+    cut into ``split`` pieces along k; returns (ms per k, waves). A unit runs the tiles resident on it (as
+    many as fit, see :data:`TILE_AREA_PER_SM`) at its share of the peak; waves run one after another, the
+    last as long as a full one. What memory costs is the roofline's (A and B read once), not per wave:
+    tiles of one wave share their rows of A and columns of B through L2 (per-tile reads made an H100 BF16
+    8192^3 GEMM memory-bound at 4.6x its compute time)."""
+    per_unit = np.clip(np.floor(TILE_AREA_PER_SM / (tm * tn)), 1, MAX_TILES_PER_SM)
+    waves = count * split / (units * per_unit)
+    t_compute = per_unit * 2.0 * tm * tn / (peak_gflops / units * 1e9) * 1e3
+    return np.ceil(waves) * t_compute / split, waves
 
-    ``tiles`` is (candidates, 2, rows): tile_m and tile_n per candidate (NaN: no such candidate). Each tile
-    computes ``2 tm tn k`` FLOPs at the per-unit peak; the tiles of one wave share the DRAM bandwidth for
-    their ``tm k`` elements of A and ``tn k`` of B (``elem``: bytes per element of A, B and C); waves run
-    one after another, the last one as long as a full one.
-    Every term is proportional to k, so the chosen tile does not depend on k and the time per k is k-free:
-    that keeps the physics time non-decreasing in k. Returns (ms per k, tile_m, tile_n, waves, wave
+
+def _physics_tile(
+    b: np.ndarray, m: np.ndarray, n: np.ndarray, units: np.ndarray, peak_gflops: np.ndarray, tiles: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's fastest candidate tile without split-K, and its waves.
+
+    ``tiles`` is (candidates, 2, rows): tile_m and tile_n per candidate (NaN: no such candidate). The time
+    per k does not depend on k, so neither does the chosen tile. Returns (tile_m, tile_n, waves, wave
     efficiency).
     """
     tm, tn = tiles[:, 0, :], tiles[:, 1, :]
-    per_unit = np.clip(np.floor(TILE_AREA_PER_SM / (tm * tn)), 1, MAX_TILES_PER_SM)
-    count = b * np.ceil(m / tm) * np.ceil(n / tn)
-    slots = units * per_unit
-    waves = count / slots
-    resident = np.minimum(count, slots)
-    t_compute = per_unit * 2.0 * tm * tn / (peak_gflops / units * 1e9) * 1e3
-    t_memory = resident * (tm * elem[0] + tn * elem[1]) / (bandwidth_gbps * 1e9) * 1e3
-    per_k = np.ceil(waves) * np.maximum(t_compute, t_memory)
+    per_k, waves = _wave_time_per_k(b * np.ceil(m / tm) * np.ceil(n / tn), tm, tn, units, peak_gflops)
     best = np.argmin(np.where(np.isnan(per_k), np.inf, per_k), axis=0)
     pick = np.arange(per_k.shape[1])
     chosen_waves = waves[best, pick]
-    return (
-        per_k[best, pick],
-        tm[best, pick],
-        tn[best, pick],
-        chosen_waves,
-        chosen_waves / np.ceil(chosen_waves),
-    )
+    return tm[best, pick], tn[best, pick], chosen_waves, chosen_waves / np.ceil(chosen_waves)
+
+
+def _split_k_ms(
+    columns: Mapping[str, np.ndarray], k: np.ndarray, t_memory: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen tile's time over the whole of k, at the fastest split-K factor, and that factor.
+
+    Each wave runs at its compute roofline, the whole no faster than reading A and B and writing C
+    (``t_memory``). A GEMM whose output tiles fill few of the units (a decode step: m of 1 to 16 rows
+    against a wide k) runs with k cut into ``split`` pieces, each piece a tile of its own, and the fp32
+    partial sums written and read back once per piece: without it a 1 x 768 x 65536 BF16 GEMM on an A100
+    was priced at 0.39 ms against 0.065 measured. The time at each factor never decreases in k, so neither
+    does their minimum.
+    """
+    b, m, n = columns["batch"], columns["m"], columns["n"]
+    tm, tn = columns["physics_tile_m"], columns["physics_tile_n"]
+    bandwidth = columns["dev_memory_bandwidth_gbps"]
+    count = b * np.ceil(m / tm) * np.ceil(n / tn)
+    # CPUs run one BLAS block per core over the whole of k: no split.
+    gpu = columns["is_cpu"] != 1
+    best, factor = np.full(len(k), np.inf), np.ones(len(k))
+    for split in SPLIT_K:
+        per_k, _ = _wave_time_per_k(count, tm, tn, columns["effective_units"], columns["peak_gflops"], split)
+        partials = 0.0 if split == 1 else 2.0 * 4.0 * split * b * m * n / (bandwidth * 1e9) * 1e3
+        time = np.maximum(k * per_k, t_memory) + partials
+        better = (time < best) & ((split == 1) | gpu)
+        best, factor = np.where(better, time, best), np.where(better, split, factor)
+    return best, factor
 
 
 def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarray) -> dict[str, np.ndarray]:
@@ -298,6 +366,7 @@ def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarra
     t_quantize = np.where(
         quantize, b * m * k * (2.0 + a_bytes) / (bandwidth * 1e9) * 1e3 + overhead * calls, 0.0
     )
+    log_physics = np.log(_split_k_ms(columns, k, t_memory)[0] + overhead * calls + t_quantize)
     return {
         "k": k,
         "log_k": np.log2(k),
@@ -314,15 +383,13 @@ def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarra
         "log_baseline_ms": np.log(roofline + overhead * calls + t_quantize),
         # Zero when the op quantizes nothing: log1p keeps the column finite and non-decreasing in k.
         "log_quantize_ms": np.log1p(t_quantize),
-        # The tile waves' time, plus writing C once, the call overhead and the activation's quantization
-        # pass: never below the roofline's compute time, and the time a runtime model is learned relative
-        # to (efficiency in (0, 1]).
-        "log_physics_ms": np.log(
-            k * np.exp(columns["log_physics_ms_per_k"])
-            + c_bytes * b * m * n * (1.0 + (beta != 0)) / (bandwidth * 1e9) * 1e3
-            + overhead * calls
-            + t_quantize
-        ),
+        # The tile waves at their compute roofline, no faster than the memory roofline, plus split-K's
+        # partial sums, the call and the activation's quantization pass: never below the roofline, and the
+        # time a runtime model is learned relative to.
+        "log_physics_ms": log_physics,
+        "log_reference_ms": np.log(np.exp(log_physics) + REFERENCE_MS),
+        # Energy at full board power over the reference time: what energy is learned relative to.
+        "log_tdp_energy_j": columns["log_tdp_w"] + np.log((np.exp(log_physics) + REFERENCE_MS) / 1e3),
         "intensity_over_ridge": np.log((total_flops / total_bytes) / (peak / bandwidth)),
         "footprint_over_l2": np.log(total_bytes / (columns["dev_l2_cache_mb"] * 1024 * 1024)),
         "min_dim_log": np.log2(np.minimum(np.minimum(m, n), k)),
@@ -399,7 +466,7 @@ def featurize(rows: Rows, devices: Mapping[str, DeviceSpec]) -> GemmFeatures:
     peaks = _peaks(specs, which, out["dtype_code"])
     out |= _device_columns(specs, which, out, peaks.gflops)
     out |= _tile_columns(out, kernels)
-    out |= _physics_columns(out, elem)
+    out |= _physics_columns(out)
     b, m, n = out["batch"], out["m"], out["n"]
     out["log_m"], out["log_n"], out["log_batch"] = np.log2(m), np.log2(n), np.log2(b)
     out["m_align"], out["n_align"] = _align(m), _align(n)
@@ -468,6 +535,7 @@ def _device_columns(
     out["peak_gflops"] = peak * effective_units / units
     out["tdp_per_gflop"] = tdp / out["dev_fp32_gflops"]
     out["bandwidth_per_gflop"] = out["dev_memory_bandwidth_gbps"] / out["dev_fp32_gflops"]
+    out["log_tdp_w"] = np.log(tdp)
     return out
 
 
@@ -495,7 +563,7 @@ def _tile_columns(out: Mapping[str, np.ndarray], kernels: list[Any]) -> dict[str
     }
 
 
-def _physics_columns(out: Mapping[str, np.ndarray], elem: np.ndarray) -> dict[str, np.ndarray]:
+def _physics_columns(out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The physics time per k and its tile: the one the request names (tile fields, a kernel name's tile,
     or a CLTune work-group tile), otherwise on a GPU the fastest of the library's candidates, on a CPU the
     BLAS block."""
@@ -512,18 +580,10 @@ def _physics_columns(out: Mapping[str, np.ndarray], elem: np.ndarray) -> dict[st
         + [[np.where(fixed, np.nan, tm_), np.where(fixed, np.nan, tn_)] for tm_, tn_ in GPU_TILES]
     ).reshape(len(GPU_TILES) + 1, 2, n_rows)
     candidates[0, :, ~fixed] = np.nan
-    per_k, tile_m, tile_n, waves, efficiency = _physics_per_k(
-        out["batch"],
-        out["m"],
-        out["n"],
-        out["effective_units"],
-        out["peak_gflops"],
-        out["dev_memory_bandwidth_gbps"],
-        elem,
-        candidates,
+    tile_m, tile_n, waves, efficiency = _physics_tile(
+        out["batch"], out["m"], out["n"], out["effective_units"], out["peak_gflops"], candidates
     )
     return {
-        "log_physics_ms_per_k": np.log(per_k),
         "physics_tile_m": tile_m,
         "physics_tile_n": tile_n,
         "physics_waves": waves,

@@ -19,7 +19,8 @@ PUBLISHER = textwrap.dedent(
     import sys
     from pathlib import Path
     import numpy as np, pandas as pd
-    from training.models import CostRegressor, publish
+    from training.models import CostRegressor
+    from training.publish import publish
 
     rng = np.random.default_rng(0)
     X = pd.DataFrame(rng.random((400, 4)), columns=list("abcd"))

@@ -13,7 +13,7 @@ from service.model import TabularModel
 from service.settings import Settings
 from training.cpu import cpu_card, fit_spec_suite, score_from_ratios, target_stem
 from training.data.cpu import SpecData, load_spec_cpu2017
-from training.models import publish
+from training.publish import publish
 
 SUITE = "Int_rate"
 BENCH = "500.perlbench_r"

@@ -25,7 +25,7 @@ def test_cluster_training_matches_local_training(
     data = load_gemm("gpperf-rtx4070", Settings(data_mirror=mirror, data_home=tmp_path / "cache"))
     frame = data.frame.sample(3000, random_state=0).reset_index(drop=True)
     features = gemm_features.build_features(frame, data.devices)
-    mask, y = gemm_log_target(frame, "runtime_ms")
+    mask, y = gemm_log_target(frame, "runtime_ms", features["log_reference_ms"].to_numpy())
     features = features[mask].reset_index(drop=True)
     test = np.random.default_rng(0).random(len(y)) < 0.2
 

@@ -23,7 +23,7 @@ from training.data.gemm import load_gemm
 from training.data.registry import DatasetError
 from training.evaluation import gemm as evaluate
 from training.evaluation.gemm import extrapolation_split, gemm_instances, served_predictions
-from training.models import publish
+from training.publish import publish
 from training.train import fit_gemm, gemm_card, publish_gemm
 
 DEVICES = ("Tesla T4", "NVIDIA A100-PCIE-40GB", "NVIDIA H100 80GB HBM3", "NVIDIA L4", "Tesla P4")
@@ -74,8 +74,34 @@ def test_physics_time_never_decreases_in_k_and_covers_the_roofline_compute_time(
         matrix = features.feature_matrix(rows, {device: catalog.get(device)})
         physics = matrix[:, features.FEATURE_COLUMNS.index("log_physics_ms")]
         compute = matrix[:, features.FEATURE_COLUMNS.index("log_t_compute_ms")]
+        roofline = matrix[:, features.FEATURE_COLUMNS.index("log_roofline_ms")]
         assert np.all(np.diff(physics) >= 0), (device, m, n, b)
         assert np.all(physics >= compute - 1e-12)
+        assert np.all(physics >= roofline - 1e-12)
+
+
+def test_a_decode_gemm_is_priced_with_split_k() -> None:
+    """One row against a 65536-deep reduction fills 6 of an A100's 108 SMs with 128-wide tiles: libraries
+    split k, and so does the physics time (aiconfigurator measured 0.065 ms; whole-k tiles made it 0.39)."""
+    device = "NVIDIA A100-SXM4-80GB"
+    rows = {"m": [1], "n": [768], "k": [65536], "dtype": ["bfloat16"], "device": [device]}
+    matrix = features.feature_matrix(rows, {device: DeviceCatalog.default().get(device)})
+    physics = np.exp(matrix[0, features.FEATURE_COLUMNS.index("log_physics_ms")])
+    roofline = np.exp(matrix[0, features.FEATURE_COLUMNS.index("log_roofline_ms")])
+    assert roofline <= physics <= 0.065
+
+
+def test_the_models_trees_see_no_absolute_figure_of_the_device(trained_model_dir: Path) -> None:
+    """Runtime, power and energy are learned as ratios to the device's physics; the trees read only the
+    dimensionless inputs, so a GPU never seen is priced by its own spec sheet, not by its nearest peer."""
+    absolute = [
+        c for c in features.MODEL_INPUTS if c.startswith("dev_") or c in ("peak_gflops", "tdp_per_gflop")
+    ]
+    assert absolute == []
+    model = load_latest(trained_model_dir)
+    for target in model.targets.values():
+        read = [features.FEATURE_COLUMNS[j] for j in target.inputs] if target.inputs is not None else []
+        assert read == list(features.MODEL_INPUTS)
 
 
 def test_a_gemm_larger_than_its_device_was_trained_on_is_flagged_and_widened(trained_model_dir: Path) -> None:

@@ -25,7 +25,8 @@ from training.data.gemm import load_gemm
 from training.data.registry import DatasetError
 from training.evaluation.metrics import COVERAGE, summarize
 from training.evaluation.plots import error_bars, pred_vs_measured
-from training.models import extrapolation_fold, publish
+from training.models import extrapolation_fold
+from training.publish import publish
 from training.train import GemmFit, fit_gemm, gemm_card, merged
 
 log = logging.getLogger(__name__)

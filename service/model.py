@@ -154,6 +154,11 @@ def split_cap(
     return cap
 
 
+def _rows(devices: list[str] | None, mask: np.ndarray) -> list[str] | None:
+    """The device names of the rows in ``mask`` (None stays None)."""
+    return None if devices is None else [d for d, keep in zip(devices, mask, strict=True) if keep]
+
+
 @dataclass
 class TargetModel:
     name: str
@@ -168,10 +173,9 @@ class TargetModel:
     floor: int | None = None
     # Indices of the feature columns the predictor reads, in its order (None: all of them).
     inputs: np.ndarray | None = None
-    # Per calibrated device (few training rows, see training.models.fit_correction): the log correction
-    # (offset, slope, center) applied as offset + slope * (column ``correct_on`` - center).
-    corrections: dict[str, tuple[float, float, float]] = field(default_factory=dict)
-    correct_on: int | None = None
+    # Per calibrated device (few training rows, see training.models.fit_correction): a small tree model of
+    # the log error, added to the prediction, and the indices of the feature columns it reads.
+    corrections: dict[str, tuple[OnnxTrees, np.ndarray]] = field(default_factory=dict)
     # Unset: this model predicts every row.
     split: Split | None = None
     # Half-widths (seen device, unseen device, beyond the sizes trained on, calibrated device) per requested
@@ -181,16 +185,7 @@ class TargetModel:
         default_factory=dict, repr=False, compare=False
     )
 
-    def correction_rows(self, devices: list[str] | None) -> np.ndarray | None:
-        """(rows, 3): each row's correction (zeros where its device has none); None where no row has one."""
-        if not self.corrections or devices is None:
-            return None
-        zero = (0.0, 0.0, 0.0)
-        if not any(d in self.corrections for d in devices):
-            return None
-        return np.array([self.corrections.get(d, zero) for d in devices], dtype=float)
-
-    def _own_log(self, matrix: np.ndarray, correction: np.ndarray | None = None) -> np.ndarray:
+    def _own_log(self, matrix: np.ndarray, devices: list[str] | None = None) -> np.ndarray:
         seen = matrix if self.inputs is None else matrix[:, self.inputs]
         if isinstance(self.predictor, OnnxTrees):
             raw = self.predictor.predict(seen)
@@ -199,33 +194,33 @@ class TargetModel:
         out = np.asarray(raw, dtype=float).reshape(len(matrix))
         if self.baseline is not None:
             out = out + matrix[:, self.baseline]
-        if correction is not None and self.correct_on is not None:
-            out = out + correction[:, 0] + correction[:, 1] * (matrix[:, self.correct_on] - correction[:, 2])
+        if self.corrections and devices is not None:
+            for device in set(devices).intersection(self.corrections):
+                head, columns = self.corrections[device]
+                rows = np.fromiter((d == device for d in devices), dtype=bool, count=len(devices))
+                out[rows] += head.predict(matrix[rows][:, columns]).reshape(int(rows.sum()))
         return np.maximum(out, matrix[:, self.floor]) if self.floor is not None else out
 
     def predict_log(self, matrix: np.ndarray, devices: list[str] | None = None) -> np.ndarray:
         """Log-scale prediction from the feature matrix (columns in the card's order, checked at load);
         ``devices`` (per row) picks the calibrated devices' corrections."""
-        correction = self.correction_rows(devices)
         split = self.split
         if split is None:
-            return self._own_log(matrix, correction)
+            return self._own_log(matrix, devices)
         below = matrix[:, split.column] < split.value
         if not below.any():
-            return self._own_log(matrix, correction)
+            return self._own_log(matrix, devices)
         out = np.empty(len(matrix))
         if not below.all():
-            out[~below] = self._own_log(matrix[~below], None if correction is None else correction[~below])
-        part = matrix[below]
-        names = None if devices is None else [d for d, b in zip(devices, below, strict=True) if b]
-        upper = None if correction is None else correction[below]
-        capped = part[:, split.column] >= split.capped_from
+            out[~below] = self._own_log(matrix[~below], _rows(devices, ~below))
+        part, names = matrix[below], _rows(devices, below)
+        capped = _rows(names, part[:, split.column] >= split.capped_from)
 
         def upper_log(raised: np.ndarray) -> np.ndarray:
-            return self._own_log(raised, None if upper is None else upper[capped])
+            return self._own_log(raised, capped)
 
         cap = split_cap(part, split.column, split.value, split.capped_from, split.at_split, upper_log)
-        out[below] = np.minimum(split.model._own_log(part, split.model.correction_rows(names)), cap)
+        out[below] = np.minimum(split.model._own_log(part, names), cap)
         return out
 
     def predict(
@@ -246,8 +241,7 @@ class TargetModel:
         if only_seen and not seen.all():
             center = np.full(len(matrix), np.nan)
             if seen.any():
-                names = None if devices is None else [d for d, s in zip(devices, seen, strict=True) if s]
-                center[seen] = self.predict_log(matrix[seen], names)
+                center[seen] = self.predict_log(matrix[seen], _rows(devices, seen))
         else:
             center = self.predict_log(matrix, devices)
         width = self.halfwidths(coverage, seen, beyond, self.calibrated(devices))
@@ -255,9 +249,8 @@ class TargetModel:
             below = matrix[:, self.split.column] < self.split.value
             seen_part = (seen if seen_below is None else seen_below)[below]
             beyond_part = None if beyond is None else beyond[below]
-            names = None if devices is None else [d for d, b in zip(devices, below, strict=True) if b]
             width[below] = self.split.model.halfwidths(
-                coverage, seen_part, beyond_part, self.split.model.calibrated(names)
+                coverage, seen_part, beyond_part, self.split.model.calibrated(_rows(devices, below))
             )
         low = center - width
         if self.floor is not None:
@@ -396,18 +389,10 @@ class TabularModel:
             if isinstance(predictor, OnnxTrees)
             else list(getattr(predictor, "feature_names_in_", []))
         )
-        # The trees see the feature columns, or a subset of them (a domain keeping absolute figures out of
-        # its trees), by name: anything else was fit on features this service does not compute.
-        unknown = [c for c in names if c not in self.feature_columns]
-        if not names or unknown or len(set(names)) != len(names):
-            raise ModelLoadError(f"{self.path}: {filename} was fit on other feature columns; retrain")
-        inputs = (
-            None
-            if list(names) == list(self.feature_columns)
-            else np.array([self.feature_columns.index(c) for c in names], dtype=np.intp)
-        )
-        baseline, floor, correct_on = spec.get("baseline"), spec.get("floor"), spec.get("correct_on")
-        for role, column in (("baseline", baseline), ("floor", floor), ("correct_on", correct_on)):
+        indices = self._input_indices(filename, list(names))
+        inputs = None if list(names) == list(self.feature_columns) else indices
+        baseline, floor = spec.get("baseline"), spec.get("floor")
+        for role, column in (("baseline", baseline), ("floor", floor)):
             if column is not None and column not in self.feature_columns:
                 raise ModelLoadError(f"{self.path}: {name}'s {role} {column!r} is not a feature column")
         return TargetModel(
@@ -419,25 +404,36 @@ class TabularModel:
             baseline=self.feature_columns.index(baseline) if baseline is not None else None,
             floor=self.feature_columns.index(floor) if floor is not None else None,
             inputs=inputs,
-            corrections=self._corrections(name, spec),
-            correct_on=self.feature_columns.index(correct_on) if correct_on is not None else None,
+            corrections=self._corrections(name, spec, paths),
         )
 
-    def _corrections(self, name: str, spec: dict[str, Any]) -> dict[str, tuple[float, float, float]]:
-        """A target's per-device corrections from its card entry, each three finite numbers."""
-        raw = spec.get("corrections") or {}
-        if raw and spec.get("correct_on") is None:
-            raise ModelLoadError(f"{self.path}: {name} has corrections but no correct_on column")
+    def _corrections(
+        self, name: str, spec: dict[str, Any], paths: dict[str, Path]
+    ) -> dict[str, tuple[OnnxTrees, np.ndarray]]:
+        """A target's per-device corrections: each an ONNX file the card lists with its sha256, reading
+        feature columns by name."""
         out = {}
-        for device, entry in raw.items():
+        for device, entry in (spec.get("corrections") or {}).items():
+            filename = entry.get("onnx") if isinstance(entry, dict) else None
+            if filename not in paths:
+                raise ModelLoadError(
+                    f"{self.path}: {name}'s correction for {device!r} names no file listed in {CARD}"
+                )
             try:
-                values = tuple(float(entry[key]) for key in ("offset", "slope", "center"))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ModelLoadError(f"{self.path}: {name}'s correction for {device!r} is malformed") from exc
-            if not all(np.isfinite(values)):
-                raise ModelLoadError(f"{self.path}: {name}'s correction for {device!r} is not finite")
-            out[device] = (values[0], values[1], values[2])
+                head = OnnxTrees(paths[filename])
+            except ONNX_LOAD_ERRORS as exc:
+                raise ModelLoadError(f"{self.path}: {filename} cannot be loaded: {exc}") from exc
+            out[device] = (head, self._input_indices(filename, head.feature_names))
         return out
+
+    def _input_indices(self, filename: str, names: list[str]) -> np.ndarray:
+        """The indices of the feature columns a tree file reads. The trees see the feature columns, or a
+        subset of them (a domain keeping absolute figures out of its trees), by name: anything else was fit
+        on features this service does not compute."""
+        unknown = [c for c in names if c not in self.feature_columns]
+        if not names or unknown or len(set(names)) != len(names):
+            raise ModelLoadError(f"{self.path}: {filename} was fit on other feature columns; retrain")
+        return np.array([self.feature_columns.index(c) for c in names], dtype=np.intp)
 
     def _split_figure(self, name: str, below: dict[str, Any], key: str) -> float:
         value = below.get(key)

@@ -44,7 +44,7 @@ class SplitRegressor(RegressorMixin, BaseEstimator):
         inputs: tuple[str, ...] | None = None,
         relative: bool | None = None,
         candidates: tuple[str, ...] = CANDIDATES,
-        correct_on: str | None = None,
+        correct_on: tuple[str, ...] | None = None,
     ) -> None:
         self.correct_on = correct_on
         self.inputs = inputs

@@ -47,8 +47,9 @@ GEMM_BASELINES = {"runtime_ms": "log_reference_ms", "power_w": "log_tdp_w", "ene
 GEMM_FLOORS = {"runtime_ms": "log_roofline_ms"}
 GEMM_CANDIDATES = ("lightgbm",)
 # A device with only a few rows (the calibration sweep a user ran on a new GPU) gets a correction of its
-# own in this column, the log reference time: an offset and a slope from small to large GEMMs.
-CORRECT_ON = "log_reference_ms"
+# own on these columns: where a GEMM sits between launch-bound and throughput-bound, its dtype, and its
+# intensity against the ridge point (monotone in k where they grow with it, as the model is).
+CORRECT_ON = ("log_reference_ms", "dtype_code", "intensity_over_ridge")
 MIN_ROWS = 30
 # Monotone targets are fit in two parts, k below this and k from it on (see SplitRegressor): below ~32 a
 # GEMM's time is mostly the call and the write of C, and under one constraint those rows bent the fit of
@@ -89,7 +90,7 @@ def fit_gemm(
         rows = frame.loc[mask]
         log.info("fitting %s on %d rows from %d devices", target, mask.sum(), rows["device"].nunique())
         groups = rows["device"].to_numpy()
-        increasing: tuple[str, ...] = gemm_features.INCREASING_IN_K if monotone else ()
+        increasing: tuple[str, ...] = gemm_features.INCREASING_WITH_WORK if monotone else ()
         model: CostRegressor | SplitRegressor = (
             SplitRegressor(
                 "k",

@@ -24,6 +24,7 @@ import pandas as pd
 
 from service.devices import SPEC_FIELDS, DeviceSpec
 from service.features.gemm_dtypes import DTYPE_SPECS, DTYPES, dtype_peak
+from service.features.gemm_physics import GPU_TILES, physics_tile, split_k_ms
 
 FEATURE_VERSION = "gemm-5"
 
@@ -106,6 +107,9 @@ DERIVED = (
     "log_tdp_w",
     "log_tdp_energy_j",
     "log_reference_ms",
+    "log_mn_ms",
+    "output_intensity_over_ridge",
+    "output_over_l2",
 )
 FEATURE_COLUMNS: tuple[str, ...] = (
     *SIZE_FIELDS,
@@ -148,6 +152,11 @@ INCREASING_IN_K = (
     "log_reference_ms",
 )
 
+# What more work never makes faster: more k, and quantizing the activation in the op (a pass of its own,
+# which the physics time prices; the trees may not learn it back: on an aiconfigurator sample they
+# predicted an H100 FP8 16x4096x4096 GEMM 5% faster with the pass than without).
+INCREASING_WITH_WORK = (*INCREASING_IN_K, "quantize_activation")
+
 # What the models' trees see: dimensionless figures of a GEMM against its device (sizes in log2, waves of
 # tiles over the units and their tail, intensity over the ridge point, footprint over L2, alignment), its
 # configuration, and the physics time itself (where a GEMM sits between launch-bound and throughput-bound).
@@ -155,7 +164,13 @@ INCREASING_IN_K = (
 # energy to the TDP over the physics time), so no absolute figure of the device enters: with seven GPUs
 # any such figure names one, and trees that could read the ridge point (peak over bandwidth) priced a
 # held-out A100's BF16 decode GEMMs like the B60's, the nearest ridge in training (126% MAPE against
-# 15% without it, aiconfigurator leave-one-GPU-out on a 30k-row sample).
+# 15% without it, aiconfigurator leave-one-GPU-out on a 30k-row sample). Of k, the trees see log k alone
+# (monotone): the time scale and the intensity enter through their k-free parts (time per unit of k at
+# the peak, the intensity and footprint of the output tile), because a monotone constraint on a feature
+# that grows with m and n too (the physics time, the whole GEMM's intensity) made every GEMM larger than
+# the training ones as slow, relative to its physics, as the slowest large ones trained on: NeuSight,
+# each GPU's largest 20% from its smaller 80%, 54% MAPE with those inputs, 36% with these (leave-one-GPU-
+# out unchanged: 27.8 / 28.5% on NeuSight, 28.2 / 28.6% on aiconfigurator).
 MODEL_INPUTS: tuple[str, ...] = (
     "log_m",
     "log_n",
@@ -170,12 +185,11 @@ MODEL_INPUTS: tuple[str, ...] = (
     "outer_product",
     "physics_waves",
     "physics_wave_efficiency",
-    "intensity_over_ridge",
-    "footprint_over_l2",
     "m_align",
     "n_align",
-    "min_dim_log",
-    "log_physics_ms",
+    "log_mn_ms",
+    "output_intensity_over_ridge",
+    "output_over_l2",
 )
 
 # Tile assumed when a request names none: a common cuBLAS/CUTLASS threadblock on GPUs, a typical BLAS
@@ -196,25 +210,6 @@ LAUNCH_OVERHEAD_MS = {"gpu": 0.002, "cpu": 0.002}
 # the ratio falls with k, and constraining it cost 7 points of leave-one-GPU-out MAPE (aiconfigurator, 30k
 # rows: 35.9% against 29.4% here and 28.7% unconstrained, which would break the guarantee).
 REFERENCE_MS = 0.05
-# Threadblock tiles a GPU library chooses among when the request names none (cuBLAS's SGEMM kernels in
-# NeuSight's data use 128x128, 128x64, 64x64, 32x128, 128x32 and 32x32; CUTLASS adds 256x128). The
-# physics time takes the fastest of them, as the library's heuristic aims to.
-GPU_TILES = (
-    (256, 128),
-    (128, 256),
-    (128, 128),
-    (128, 64),
-    (64, 128),
-    (64, 64),
-    (32, 128),
-    (128, 32),
-    (32, 32),
-)
-# Split-K factors a GPU library chooses among (cuBLAS and CUTLASS split the reduction of skinny GEMMs).
-SPLIT_K = (1, 2, 4, 8, 16)
-# Tiles resident on one SM at a time: a 128x128 tile fills an SM's registers, smaller ones share it.
-TILE_AREA_PER_SM = 128 * 128
-MAX_TILES_PER_SM = 8
 
 
 def kernel_code(name: object) -> float:
@@ -280,71 +275,6 @@ def flops(rows: Rows) -> np.ndarray:
     return np.asarray(gemm_flops(batch, m, n, k))
 
 
-def _wave_time_per_k(
-    count: np.ndarray,
-    tm: np.ndarray,
-    tn: np.ndarray,
-    units: np.ndarray,
-    peak_gflops: np.ndarray,
-    split: np.ndarray | float = 1.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Compute time per unit of k of ``count`` output tiles (tm x tn) in waves over the units, each tile
-    cut into ``split`` pieces along k; returns (ms per k, waves). A unit runs the tiles resident on it (as
-    many as fit, see :data:`TILE_AREA_PER_SM`) at its share of the peak; waves run one after another, the
-    last as long as a full one. What memory costs is the roofline's (A and B read once), not per wave:
-    tiles of one wave share their rows of A and columns of B through L2 (per-tile reads made an H100 BF16
-    8192^3 GEMM memory-bound at 4.6x its compute time)."""
-    per_unit = np.clip(np.floor(TILE_AREA_PER_SM / (tm * tn)), 1, MAX_TILES_PER_SM)
-    waves = count * split / (units * per_unit)
-    t_compute = per_unit * 2.0 * tm * tn / (peak_gflops / units * 1e9) * 1e3
-    return np.ceil(waves) * t_compute / split, waves
-
-
-def _physics_tile(
-    b: np.ndarray, m: np.ndarray, n: np.ndarray, units: np.ndarray, peak_gflops: np.ndarray, tiles: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Each row's fastest candidate tile without split-K, and its waves.
-
-    ``tiles`` is (candidates, 2, rows): tile_m and tile_n per candidate (NaN: no such candidate). The time
-    per k does not depend on k, so neither does the chosen tile. Returns (tile_m, tile_n, waves, wave
-    efficiency).
-    """
-    tm, tn = tiles[:, 0, :], tiles[:, 1, :]
-    per_k, waves = _wave_time_per_k(b * np.ceil(m / tm) * np.ceil(n / tn), tm, tn, units, peak_gflops)
-    best = np.argmin(np.where(np.isnan(per_k), np.inf, per_k), axis=0)
-    pick = np.arange(per_k.shape[1])
-    chosen_waves = waves[best, pick]
-    return tm[best, pick], tn[best, pick], chosen_waves, chosen_waves / np.ceil(chosen_waves)
-
-
-def _split_k_ms(
-    columns: Mapping[str, np.ndarray], k: np.ndarray, t_memory: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The chosen tile's time over the whole of k, at the fastest split-K factor, and that factor.
-
-    Each wave runs at its compute roofline, the whole no faster than reading A and B and writing C
-    (``t_memory``). A GEMM whose output tiles fill few of the units (a decode step: m of 1 to 16 rows
-    against a wide k) runs with k cut into ``split`` pieces, each piece a tile of its own, and the fp32
-    partial sums written and read back once per piece: without it a 1 x 768 x 65536 BF16 GEMM on an A100
-    was priced at 0.39 ms against 0.065 measured. The time at each factor never decreases in k, so neither
-    does their minimum.
-    """
-    b, m, n = columns["batch"], columns["m"], columns["n"]
-    tm, tn = columns["physics_tile_m"], columns["physics_tile_n"]
-    bandwidth = columns["dev_memory_bandwidth_gbps"]
-    count = b * np.ceil(m / tm) * np.ceil(n / tn)
-    # CPUs run one BLAS block per core over the whole of k: no split.
-    gpu = columns["is_cpu"] != 1
-    best, factor = np.full(len(k), np.inf), np.ones(len(k))
-    for split in SPLIT_K:
-        per_k, _ = _wave_time_per_k(count, tm, tn, columns["effective_units"], columns["peak_gflops"], split)
-        partials = 0.0 if split == 1 else 2.0 * 4.0 * split * b * m * n / (bandwidth * 1e9) * 1e3
-        time = np.maximum(k * per_k, t_memory) + partials
-        better = (time < best) & ((split == 1) | gpu)
-        best, factor = np.where(better, time, best), np.where(better, split, factor)
-    return best, factor
-
-
 def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarray) -> dict[str, np.ndarray]:
     """The features that depend on k (:data:`INCREASING_IN_K` and ``outer_product``), from k, the element
     size and the k-free columns (sizes, beta, the device's peak, bandwidth, L2 and kind)."""
@@ -366,7 +296,7 @@ def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarra
     t_quantize = np.where(
         quantize, b * m * k * (2.0 + a_bytes) / (bandwidth * 1e9) * 1e3 + overhead * calls, 0.0
     )
-    log_physics = np.log(_split_k_ms(columns, k, t_memory)[0] + overhead * calls + t_quantize)
+    log_physics = np.log(split_k_ms(columns, k, t_memory)[0] + overhead * calls + t_quantize)
     return {
         "k": k,
         "log_k": np.log2(k),
@@ -467,6 +397,7 @@ def featurize(rows: Rows, devices: Mapping[str, DeviceSpec]) -> GemmFeatures:
     out |= _device_columns(specs, which, out, peaks.gflops)
     out |= _tile_columns(out, kernels)
     out |= _physics_columns(out)
+    out |= _output_columns(out, elem)
     b, m, n = out["batch"], out["m"], out["n"]
     out["log_m"], out["log_n"], out["log_batch"] = np.log2(m), np.log2(n), np.log2(b)
     out["m_align"], out["n_align"] = _align(m), _align(n)
@@ -539,6 +470,19 @@ def _device_columns(
     return out
 
 
+def _output_columns(out: Mapping[str, np.ndarray], elem: np.ndarray) -> dict[str, np.ndarray]:
+    """The k-free time scale and intensity of a GEMM: the time per unit of k at the peak, the intensity of
+    an output element against the ridge point (its FLOPs per byte of A and B read, as k grows), and the
+    output's footprint over L2."""
+    b, m, n = out["batch"], out["m"], out["n"]
+    peak, bandwidth = out["peak_gflops"], out["dev_memory_bandwidth_gbps"]
+    return {
+        "log_mn_ms": np.log(2.0 * b * m * n / (peak * 1e9) * 1e3),
+        "output_intensity_over_ridge": np.log(2.0 * m * n / (elem[0] * m + elem[1] * n) / (peak / bandwidth)),
+        "output_over_l2": np.log(b * m * n * elem[2] / (out["dev_l2_cache_mb"] * 1024 * 1024)),
+    }
+
+
 def _first_known(first: np.ndarray, second: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     return np.where(~np.isnan(first), first, np.where(~np.isnan(second), second, fallback))
 
@@ -580,7 +524,7 @@ def _physics_columns(out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         + [[np.where(fixed, np.nan, tm_), np.where(fixed, np.nan, tn_)] for tm_, tn_ in GPU_TILES]
     ).reshape(len(GPU_TILES) + 1, 2, n_rows)
     candidates[0, :, ~fixed] = np.nan
-    tile_m, tile_n, waves, efficiency = _physics_tile(
+    tile_m, tile_n, waves, efficiency = physics_tile(
         out["batch"], out["m"], out["n"], out["effective_units"], out["peak_gflops"], candidates
     )
     return {

@@ -32,7 +32,7 @@ def test_a_group_seen_in_a_few_rows_is_corrected_by_them() -> None:
         candidates=("lightgbm",),
         regimes=("seen", "unseen", "calibrated"),
         select_by="seen",
-        correct_on="x",
+        correct_on=("x",),
         n_jobs=1,
     ).fit(X, y, groups)
     assert list(model.corrections_) == ["new"]

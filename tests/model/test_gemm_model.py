@@ -56,8 +56,9 @@ def test_train_save_load_predict_round_trip_agrees(settings: Settings) -> None:
         if model.best_name_ == "random_forest":
             np.testing.assert_array_equal(from_disk, np.exp(in_process))
         else:
-            # The service runs the ONNX export, whose float32 thresholds and sums stay within ~1e-6.
-            np.testing.assert_allclose(from_disk, np.exp(in_process), rtol=1e-5)
+            # The service runs the ONNX export, whose float32 sums of 900 leaves stay within ~1e-5 on the
+            # log scale (a moved branch would differ by far more).
+            np.testing.assert_allclose(from_disk, np.exp(in_process), rtol=3e-5)
     on_disk = json.loads((path / "card.json").read_text())
     assert set(on_disk["files"]) == {p.name for p in path.iterdir() if p.name != "card.json"}
     assert on_disk["targets"]["runtime_ms"]["below"]["value"] == K_SPLIT

@@ -180,6 +180,9 @@ MODEL_INPUTS: tuple[str, ...] = (
     "dtype_code",
     "layout_code",
     "framework_code",
+    # The kernel a request names (a CUTLASS configuration a performance engineer is choosing among): on
+    # one RTX 4070's sweep of 4 kernels x 4 layouts, 3.3% MAPE without it, 1.6% with it (80/20).
+    "kernel_code",
     *KERNEL_NUMERIC_FIELDS,
     "is_cpu",
     "outer_product",

@@ -33,16 +33,15 @@ log = logging.getLogger(__name__)
 # reduction dimension can neither shorten a GEMM nor save energy; power has no such law).
 MONOTONE_IN_K = ("runtime_ms", "energy_j")
 GEMM_TARGETS: dict[str, bool] = {t: t in MONOTONE_IN_K for t in GEMM.targets}
-# One structure for every target: a LightGBM learns, from dimensionless inputs only
+# One structure for every target: a LightGBM learns, from inputs with no figure of the device itself
 # (gemm_features.MODEL_INPUTS), the log ratio of the target to a physics figure of the device: runtime to
-# the physics time (waves of tiles over the SMs at the compute roofline, no faster than the memory
-# roofline, split-K, the call), power to the TDP, energy to the TDP over the physics time. Trees predict
-# within the ratios they were fit on, so a new GPU or a larger GEMM is priced by its physics, and no
-# runtime is ever predicted below the device's roofline (the floor): efficiency and utilization never
-# exceed 1. The baselines are non-decreasing in k, so the monotone guarantee holds for the sums.
-# Leave-one-GPU-out on a 30k-row aiconfigurator sample (7 GPUs, mean MAPE): this form 28.7%; the
-# previous choice among LightGBM and a random forest, raw or relative to a 20 us-overhead physics time
-# with every device figure as input, 26.3% on 10k rows but 35-53% on the GPUs unlike the rest.
+# the reference time (the physics time plus gemm_features.REFERENCE_MS), power to the TDP, energy to the
+# TDP over the reference time. Trees predict within the ratios they were fit on, so a new GPU or a larger
+# GEMM is priced by its physics, and no runtime is ever predicted below the device's roofline (the floor):
+# utilization never exceeds 1. The baselines are non-decreasing in k, so the monotone guarantee holds for
+# the sums. aiconfigurator group-device, all 96,000 rows: 26.6% runtime MAPE, every GPU's own rows held
+# out (the former choice among a LightGBM and a random forest, raw or relative, with every device figure
+# as input: 26.3% on a 10,000-row sample); NeuSight extrapolate 28.6% (57.2% with k-growing inputs).
 GEMM_BASELINES = {"runtime_ms": "log_reference_ms", "power_w": "log_tdp_w", "energy_j": "log_tdp_energy_j"}
 GEMM_FLOORS = {"runtime_ms": "log_roofline_ms"}
 GEMM_CANDIDATES = ("lightgbm",)

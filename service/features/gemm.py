@@ -158,19 +158,20 @@ INCREASING_IN_K = (
 INCREASING_WITH_WORK = (*INCREASING_IN_K, "quantize_activation")
 
 # What the models' trees see: dimensionless figures of a GEMM against its device (sizes in log2, waves of
-# tiles over the units and their tail, intensity over the ridge point, footprint over L2, alignment), its
-# configuration, and the physics time itself (where a GEMM sits between launch-bound and throughput-bound).
-# Each target is learned relative to a physics figure (runtime to the physics time, power to the TDP,
-# energy to the TDP over the physics time), so no absolute figure of the device enters: with seven GPUs
-# any such figure names one, and trees that could read the ridge point (peak over bandwidth) priced a
-# held-out A100's BF16 decode GEMMs like the B60's, the nearest ridge in training (126% MAPE against
-# 15% without it, aiconfigurator leave-one-GPU-out on a 30k-row sample). Of k, the trees see log k alone
-# (monotone): the time scale and the intensity enter through their k-free parts (time per unit of k at
-# the peak, the intensity and footprint of the output tile), because a monotone constraint on a feature
-# that grows with m and n too (the physics time, the whole GEMM's intensity) made every GEMM larger than
-# the training ones as slow, relative to its physics, as the slowest large ones trained on: NeuSight,
-# each GPU's largest 20% from its smaller 80%, 54% MAPE with those inputs, 36% with these (leave-one-GPU-
-# out unchanged: 27.8 / 28.5% on NeuSight, 28.2 / 28.6% on aiconfigurator).
+# tiles over the units and their tail, the output tile's intensity over the ridge point and footprint over
+# L2, alignment), its configuration, and one time scale (where a GEMM sits between launch-bound and
+# throughput-bound). Each target is learned relative to a physics figure (runtime to the reference time,
+# power to the TDP, energy to the TDP over the reference time), so no figure of the device itself enters:
+# with seven GPUs any such figure names one, and trees that could read the ridge point (peak over
+# bandwidth) priced a held-out A100's BF16 decode GEMMs like the B60's, the nearest ridge in training
+# (126% MAPE against 15% without it, aiconfigurator leave-one-GPU-out on a 30k-row sample).
+# Of k, the trees see log k alone (monotone): the time scale and the intensity enter through their k-free
+# parts (time per unit of k at the peak, the intensity and footprint of the output tile), because a
+# monotone constraint on a feature that grows with m and n too (the physics time, the whole GEMM's
+# intensity) made every GEMM larger than the training ones as slow, relative to its physics, as the
+# slowest large ones trained on: NeuSight, each GPU's largest 20% from its smaller 80%, 54% MAPE with those
+# inputs, 36% with these (leave-one-GPU-out unchanged: 27.8 / 28.5% on NeuSight, 28.2 / 28.6% on
+# aiconfigurator).
 MODEL_INPUTS: tuple[str, ...] = (
     "log_m",
     "log_n",

@@ -67,7 +67,17 @@ def gemm_log_target(frame: pd.DataFrame, target: str, baseline: np.ndarray) -> t
     """Rows with a usable measurement of ``target`` and a finite baseline (a device without a TDP has
     none for power), and the target's log value."""
     values = frame[target].to_numpy(dtype=float)
-    mask = np.isfinite(values) & (values > 0) & np.isfinite(baseline)
+    measured = np.isfinite(values) & (values > 0)
+    mask = measured & np.isfinite(baseline)
+    if (measured & ~mask).any():
+        devices = sorted(frame.loc[measured & ~mask, "device"].unique())
+        log.warning(
+            "%s: %d measured rows left out of training: no physics baseline for %s (a device without a "
+            "TDP in its spec has no power or energy baseline; add tdp_w to its device.json)",
+            target,
+            int((measured & ~mask).sum()),
+            ", ".join(devices),
+        )
     return mask, np.log(values[mask])
 
 

@@ -300,7 +300,7 @@ def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarra
     t_quantize = np.where(
         quantize, b * m * k * (2.0 + a_bytes) / (bandwidth * 1e9) * 1e3 + overhead * calls, 0.0
     )
-    log_physics = np.log(split_k_ms(columns, k, t_memory)[0] + overhead * calls + t_quantize)
+    log_physics = np.log(split_k_ms(columns, k, t_memory) + overhead * calls + t_quantize)
     return {
         "k": k,
         "log_k": np.log2(k),

@@ -65,10 +65,8 @@ def physics_tile(
     return tm[best, pick], tn[best, pick], chosen_waves, chosen_waves / np.ceil(chosen_waves)
 
 
-def split_k_ms(
-    columns: Mapping[str, np.ndarray], k: np.ndarray, t_memory: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The chosen tile's time over the whole of k, at the fastest split-K factor, and that factor.
+def split_k_ms(columns: Mapping[str, np.ndarray], k: np.ndarray, t_memory: np.ndarray) -> np.ndarray:
+    """The chosen tile's time over the whole of k, at the fastest split-K factor.
 
     Each wave runs at its compute roofline, the whole no faster than reading A and B and writing C
     (``t_memory``). A GEMM whose output tiles fill few of the units (a decode step: m of 1 to 16 rows
@@ -83,11 +81,10 @@ def split_k_ms(
     count = b * np.ceil(m / tm) * np.ceil(n / tn)
     # CPUs run one BLAS block per core over the whole of k: no split.
     gpu = columns["is_cpu"] != 1
-    best, factor = np.full(len(k), np.inf), np.ones(len(k))
+    best = np.full(len(k), np.inf)
     for split in SPLIT_K:
         per_k, _ = wave_time_per_k(count, tm, tn, columns["effective_units"], columns["peak_gflops"], split)
         partials = 0.0 if split == 1 else 2.0 * 4.0 * split * b * m * n / (bandwidth * 1e9) * 1e3
         time = np.maximum(k * per_k, t_memory) + partials
-        better = (time < best) & ((split == 1) | gpu)
-        best, factor = np.where(better, time, best), np.where(better, split, factor)
-    return best, factor
+        best = np.where((time < best) & ((split == 1) | gpu), time, best)
+    return best

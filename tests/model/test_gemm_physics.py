@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from training.data.registry import DatasetError
 from training.evaluation import gemm as evaluate
 from training.evaluation.gemm import extrapolation_split, gemm_instances, served_predictions
 from training.publish import publish
-from training.train import fit_gemm, gemm_card, publish_gemm
+from training.train import fit_gemm, gemm_card, gemm_log_target, publish_gemm
 
 DEVICES = ("Tesla T4", "NVIDIA A100-PCIE-40GB", "NVIDIA H100 80GB HBM3", "NVIDIA L4", "Tesla P4")
 
@@ -241,3 +242,14 @@ def test_evaluation_refuses_a_training_source_that_does_not_fit_the_protocol(
 ) -> None:
     with pytest.raises(DatasetError, match=message):
         evaluate.evaluate_gemm_dataset("deepbench", protocol, settings, train_datasets=train_datasets)
+
+
+def test_measurements_without_a_baseline_are_named_not_dropped_silently(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Power is learned relative to the TDP: a device without one cannot train it, and the log says which."""
+    frame = pd.DataFrame({"device": ["a", "no-tdp", "no-tdp"], "power_w": [100.0, 50.0, np.nan]})
+    with caplog.at_level(logging.WARNING):
+        mask, y = gemm_log_target(frame, "power_w", np.array([np.log(300.0), np.nan, np.nan]))
+    assert mask.tolist() == [True, False, False] and len(y) == 1
+    assert "1 measured rows left out" in caplog.text and "no-tdp" in caplog.text

@@ -71,39 +71,27 @@ CONFIG_COLUMNS = (*SIZE_FIELDS, *CATEGORICAL_FIELDS, *KERNEL_NUMERIC_FIELDS)
 
 DERIVED = (
     "log_flops",
-    "log_item_flops",
     "outer_product",
-    "log_bytes",
-    "log_intensity",
     "log_m",
     "log_n",
     "log_k",
     "log_batch",
     "log_t_compute_ms",
-    "log_t_memory_ms",
     "log_roofline_ms",
     "log_baseline_ms",
     "log_physics_ms",
-    "log_quantize_ms",
     "physics_tile_m",
     "physics_tile_n",
     "physics_waves",
     "physics_wave_efficiency",
     "intensity_over_ridge",
-    "tiles",
     "waves",
-    "wave_efficiency",
-    "footprint_over_l2",
     "m_align",
     "n_align",
-    "min_dim_log",
     "effective_units",
     "is_cpu",
     "peak_gflops",
-    "kernel_tile_m",
-    "kernel_tile_n",
     "tdp_per_gflop",
-    "bandwidth_per_gflop",
     "log_tdp_w",
     "log_tdp_energy_j",
     "log_reference_ms",
@@ -136,18 +124,11 @@ INCREASING_IN_K = (
     "k",
     "log_k",
     "log_flops",
-    "log_item_flops",
-    "log_bytes",
-    "log_intensity",
     "log_t_compute_ms",
-    "log_t_memory_ms",
     "log_roofline_ms",
     "log_baseline_ms",
     "log_physics_ms",
     "intensity_over_ridge",
-    "footprint_over_l2",
-    "min_dim_log",
-    "log_quantize_ms",
     "log_tdp_energy_j",
     "log_reference_ms",
 )
@@ -307,16 +288,10 @@ def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarra
         "flops": total_flops,
         "bytes": total_bytes,
         "log_flops": np.log(total_flops),
-        "log_item_flops": np.log(total_flops / b),
         "outer_product": (k == 1).astype(float),
-        "log_bytes": np.log(total_bytes),
-        "log_intensity": np.log(total_flops / total_bytes),
         "log_t_compute_ms": np.log(t_compute),
-        "log_t_memory_ms": np.log(t_memory),
         "log_roofline_ms": np.log(roofline),
         "log_baseline_ms": np.log(roofline + overhead * calls + t_quantize),
-        # Zero when the op quantizes nothing: log1p keeps the column finite and non-decreasing in k.
-        "log_quantize_ms": np.log1p(t_quantize),
         # The tile waves at their compute roofline, no faster than the memory roofline, plus split-K's
         # partial sums, the call and the activation's quantization pass: never below the roofline, and the
         # time a runtime model is learned relative to.
@@ -325,8 +300,6 @@ def _k_columns(columns: Mapping[str, np.ndarray], k: np.ndarray, elem: np.ndarra
         # Energy at full board power over the reference time: what energy is learned relative to.
         "log_tdp_energy_j": columns["log_tdp_w"] + np.log((np.exp(log_physics) + REFERENCE_MS) / 1e3),
         "intensity_over_ridge": np.log((total_flops / total_bytes) / (peak / bandwidth)),
-        "footprint_over_l2": np.log(total_bytes / (columns["dev_l2_cache_mb"] * 1024 * 1024)),
-        "min_dim_log": np.log2(np.minimum(np.minimum(m, n), k)),
     }
 
 
@@ -469,7 +442,6 @@ def _device_columns(
     out["effective_units"] = effective_units
     out["peak_gflops"] = peak * effective_units / units
     out["tdp_per_gflop"] = tdp / out["dev_fp32_gflops"]
-    out["bandwidth_per_gflop"] = out["dev_memory_bandwidth_gbps"] / out["dev_fp32_gflops"]
     out["log_tdp_w"] = np.log(tdp)
     return out
 
@@ -499,16 +471,8 @@ def _tile_columns(out: Mapping[str, np.ndarray], kernels: list[Any]) -> dict[str
     default_tile = np.where(out["is_cpu"] == 1, DEFAULT_CPU_TILE, DEFAULT_GPU_TILE)
     tile_m = _first_known(out["tile_m"], kt_m, default_tile)
     tile_n = _first_known(out["tile_n"], kt_n, default_tile)
-    effective_units = out["effective_units"]
     tiles = out["batch"] * np.ceil(out["m"] / tile_m) * np.ceil(out["n"] / tile_n)
-    waves = tiles / effective_units
-    return {
-        "kernel_tile_m": kt_m,
-        "kernel_tile_n": kt_n,
-        "tiles": tiles,
-        "waves": waves,
-        "wave_efficiency": tiles / (np.ceil(waves) * effective_units),
-    }
+    return {"kernel_tile_m": kt_m, "kernel_tile_n": kt_n, "waves": tiles / out["effective_units"]}
 
 
 def _physics_columns(out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

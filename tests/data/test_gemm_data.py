@@ -130,7 +130,19 @@ def test_every_source_featurises_without_non_finite_core_features(gemm_settings:
         sample = data.frame.sample(min(len(data.frame), 2000), random_state=0)
         features = build_features(sample, data.devices)
         assert tuple(features.columns) == FEATURE_COLUMNS
-        core = features[["log_flops", "log_bytes", "log_roofline_ms", "log_baseline_ms", "waves"]]
+        core = features[
+            [
+                "log_flops",
+                "log_roofline_ms",
+                "log_baseline_ms",
+                "log_physics_ms",
+                "log_reference_ms",
+                "log_mn_ms",
+                "output_intensity_over_ridge",
+                "output_over_l2",
+                "waves",
+            ]
+        ]
         assert np.isfinite(core.to_numpy()).all(), name
 
 

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from service.settings import Settings
-from training.data.aiconfigurator import DATASET, DEFAULT_EXCLUDED, load_aiconfigurator_campaigns
-from training.data.registry import DatasetError, fetch, get_spec
-from training.data.report import LoadReport
+from service.core.settings import Settings
+from training.core.datasets import DatasetError, fetch, get_spec
+from training.core.report import LoadReport
+from training.domains.gemm.aiconfigurator import DATASET, DEFAULT_EXCLUDED, load_aiconfigurator_campaigns
 
 log = logging.getLogger("aiconfigurator_noise")
 

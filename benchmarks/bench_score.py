@@ -107,7 +107,7 @@ def same(a: Any, b: Any) -> bool:
 def compare_with_api(table: Path, out: Path, model_dir: Path, sample: int) -> int:
     """Rows of the sample whose scored values differ from the API's answer (0: identical)."""
     from service.app import create_app
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     given = pq.read_table(table).slice(0, sample).to_pandas()
     scored = pd.read_parquet(out, filters=[("row", "<", sample)]).set_index("row").loc[list(range(sample))]

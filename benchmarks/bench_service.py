@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 log = logging.getLogger("bench")
 
@@ -122,7 +122,7 @@ def batch_rows(n: int) -> list[dict]:
 
 def mlir_programs(*sizes: int) -> list[str]:
     """For each size, the committed program closest to it in bytes, padded with a comment up to it."""
-    from training.data.mlir import load_mlir, measured
+    from training.domains.mlir.data import load_mlir, measured
 
     texts = [str(t) for t in measured(load_mlir(MLIR_DATASET))["mlir"]]
     out = []
@@ -146,11 +146,11 @@ def sequential_mlir_ms(url: str, text: str, requests: int) -> list[float]:
 
 
 def in_process_seconds(model_dir: Path, rows: list[dict], repeats: int) -> float:
-    from service.devices import DeviceCatalog
-    from service.domains import gemm
-    from service.domains.contracts import DOMAINS
-    from service.registry import ModelRegistry
-    from service.schemas.gemm import GemmInstance
+    from service.core.devices import DeviceCatalog
+    from service.core.registry import ModelRegistry
+    from service.domains.gemm import runtime as gemm
+    from service.domains.gemm.schemas import GemmInstance
+    from service.domains.registry import DOMAINS
 
     model = ModelRegistry(model_dir, DOMAINS).reload().get("gemm")
     if model is None:

@@ -118,7 +118,7 @@ def load_average() -> list[float]:
 @contextlib.contextmanager
 def lightgbm_only() -> Iterator[None]:
     """CostRegressor (and so SplitRegressor's parts) with LightGBM as its only candidate."""
-    from training.models import CostRegressor
+    from training.core.models import CostRegressor
 
     init = CostRegressor.__init__
     saved = init.__defaults__
@@ -134,9 +134,9 @@ def publish_race_model(root: Path, only_lightgbm: bool) -> Path:
     """A GEMM model as tests/conftest.py's ``trained_model_dir`` publishes it; returns the model dir."""
     from dataclasses import replace
 
-    from service.settings import Settings
-    from training.data.gemm import load_gemm
-    from training.train import publish_gemm
+    from service.core.settings import Settings
+    from training.domains.gemm.data import load_gemm
+    from training.domains.gemm.train import publish_gemm
 
     mirror = os.environ.get("PERFCOST_DATA_MIRROR")
     if not mirror:
@@ -153,7 +153,7 @@ def publish_race_model(root: Path, only_lightgbm: bool) -> Path:
 
 
 def newest_card(model_dir: Path) -> tuple[Path, dict[str, Any]]:
-    from service.model import CARD, list_versions
+    from service.core.model import CARD, list_versions
 
     versions = list_versions(model_dir, "gemm")
     if not versions:
@@ -215,12 +215,12 @@ def batch_instances(n: int, card: dict[str, Any]) -> list[dict[str, Any]]:
 
 def feature_rows(instances: list[dict[str, Any]], model_dir: Path) -> tuple[np.ndarray, Any]:
     """perfcost's float64 feature matrix for the instances (its own device resolution), and the model."""
-    from service.devices import DeviceCatalog
-    from service.domains import gemm
-    from service.domains.contracts import DOMAINS
-    from service.features import gemm as gemm_features
-    from service.registry import ModelRegistry
-    from service.schemas.gemm import GemmInstance
+    from service.core.devices import DeviceCatalog
+    from service.core.registry import ModelRegistry
+    from service.domains.gemm import features as gemm_features
+    from service.domains.gemm import runtime as gemm
+    from service.domains.gemm.schemas import GemmInstance
+    from service.domains.registry import DOMAINS
 
     model = ModelRegistry(model_dir, DOMAINS).reload().get("gemm")
     if model is None:
@@ -497,7 +497,7 @@ def sanity(
 ) -> dict[str, Any]:
     """MLServer's answer against Booster.predict on the same features; perfcost's runtime against the same
     raw predictions with the card's baseline and floor applied (perfcost runs the ONNX export)."""
-    from service.features.gemm import FEATURE_COLUMNS
+    from service.domains.gemm.features import FEATURE_COLUMNS
 
     spec = card["targets"][TARGET]
     matrix32 = np.ascontiguousarray(matrix, dtype=np.float32)
@@ -567,10 +567,10 @@ def perfcost_stages(model: Any, instances: list[dict[str, Any]], calls: int) -> 
     within it the feature rows and the tree calls, and serialising the answer."""
     from fastapi.responses import JSONResponse
 
-    from service.devices import DeviceCatalog
-    from service.domains import gemm
-    from service.features import gemm as gemm_features
-    from service.schemas.gemm import GemmPredictRequest
+    from service.core.devices import DeviceCatalog
+    from service.domains.gemm import features as gemm_features
+    from service.domains.gemm import runtime as gemm
+    from service.domains.gemm.schemas import GemmPredictRequest
 
     catalog = DeviceCatalog.default()
     body = perfcost_body(instances)
@@ -610,9 +610,9 @@ def profile_perfcost(model: Any, instances: list[dict[str, Any]], calls: int, to
 
     from fastapi.responses import JSONResponse
 
-    from service.devices import DeviceCatalog
-    from service.domains import gemm
-    from service.schemas.gemm import GemmPredictRequest
+    from service.core.devices import DeviceCatalog
+    from service.domains.gemm import runtime as gemm
+    from service.domains.gemm.schemas import GemmPredictRequest
 
     catalog = DeviceCatalog.default()
     body = perfcost_body(instances)
@@ -897,7 +897,7 @@ def main() -> None:
     lgb_file = version_dir / card["targets"][TARGET]["file"]
     import lightgbm as lgb
 
-    from service.features.gemm import FEATURE_COLUMNS
+    from service.domains.gemm.features import FEATURE_COLUMNS
 
     booster = lgb.Booster(model_file=str(lgb_file))
     if booster.num_feature() != len(FEATURE_COLUMNS):

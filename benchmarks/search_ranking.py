@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import GroupKFold
 
-from service.devices import DeviceCatalog
-from service.domains import gemm_search
-from service.domains.contracts import GEMM
-from service.model import TabularModel
-from service.schemas.gemm import GemmSearchRequest
-from service.settings import Settings
-from training.data.gemm import load_gemm
-from training.publish import publish
-from training.train import fit_gemm, gemm_card
+from service.core.devices import DeviceCatalog
+from service.core.model import TabularModel
+from service.core.settings import Settings
+from service.domains.gemm import search as gemm_search
+from service.domains.gemm.schemas import GemmSearchRequest
+from service.domains.registry import GEMM
+from training.core.publish import publish
+from training.domains.gemm.data import load_gemm
+from training.domains.gemm.train import fit_gemm, gemm_card
 
 log = logging.getLogger("search_ranking")
 CONFIG = ["kernel", "tile_m", "tile_n", "tile_k", "stages"]

@@ -13,7 +13,7 @@ import typer
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 APP_FACTORY = "service.app:app_from_env"
 # Options shared with ``perfcost serve``, which passes them on.

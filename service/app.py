@@ -31,14 +31,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from service import __version__
-from service.batching import MicroBatcher
-from service.devices import DeviceCatalog
-from service.domains.contracts import DOMAINS
-from service.first_start import FirstStart
-from service.registry import ModelRegistry
-from service.routers import cpu, gemm, health, mlir, models, v2
-from service.routing import add_body_schemas
-from service.settings import Settings
+from service.api import health, models, v2
+from service.core.batching import MicroBatcher
+from service.core.devices import DeviceCatalog
+from service.core.first_start import FirstStart
+from service.core.registry import ModelRegistry
+from service.core.routing import add_body_schemas
+from service.core.settings import Settings
+from service.domains.cpu import routes as cpu
+from service.domains.gemm import routes as gemm
+from service.domains.mlir import routes as mlir
+from service.domains.registry import DOMAINS
 
 log = logging.getLogger(__name__)
 WEB = Path(__file__).resolve().parent / "web"

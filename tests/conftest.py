@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "datasets"
@@ -51,8 +51,8 @@ def trained_model_dir(tmp_path_factory: pytest.TempPathFactory, mirror: Path) ->
     4070) plus a 3,000-row sample of NeuSight's five GPUs, so new devices get calibrated intervals."""
     from dataclasses import replace
 
-    from training.data.gemm import load_gemm
-    from training.train import publish_gemm
+    from training.domains.gemm.data import load_gemm
+    from training.domains.gemm.train import publish_gemm
 
     root = tmp_path_factory.mktemp("registry")
     settings = Settings(data_mirror=mirror, data_home=root / "cache", model_dir=root / "models")
@@ -65,9 +65,9 @@ def trained_model_dir(tmp_path_factory: pytest.TempPathFactory, mirror: Path) ->
 @pytest.fixture(scope="session")
 def cpu_model_dir(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path:
     """Two Int_rate benchmarks and the suite score on 1,500 results (LightGBM, 3 folds: seconds)."""
-    from training.cpu import cpu_card, fit_spec_suite, target_stem
-    from training.data.cpu import SpecData, load_spec_cpu2017
-    from training.publish import publish
+    from training.core.publish import publish
+    from training.domains.cpu.data import SpecData, load_spec_cpu2017
+    from training.domains.cpu.train import cpu_card, fit_spec_suite, target_stem
 
     root = tmp_path_factory.mktemp("cpu-service")
     data = load_spec_cpu2017(Settings(data_mirror=mirror, data_home=root / "cache"), (CPU_SUITE,))
@@ -82,7 +82,7 @@ def cpu_model_dir(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Pat
 @pytest.fixture(scope="session")
 def mlir_split() -> tuple[pd.DataFrame, pd.DataFrame]:
     """A per-family sample of the committed MLIR dataset: (train, test)."""
-    from training.data.mlir import load_mlir, measured
+    from training.domains.mlir.data import load_mlir, measured
 
     frame = measured(load_mlir(MLIR_DATASET))
     shuffled = frame.sample(frac=1.0, random_state=0)
@@ -96,7 +96,7 @@ def mlir_split() -> tuple[pd.DataFrame, pd.DataFrame]:
 def mlir_model_dir(
     mlir_split: tuple[pd.DataFrame, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    from training.mlir import publish_mlir
+    from training.domains.mlir.train import publish_mlir
 
     root = tmp_path_factory.mktemp("mlir-models")
     # LightGBM only and 3 folds keep this fixture to seconds; `perfcost train mlir` runs both candidates.

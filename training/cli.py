@@ -6,8 +6,11 @@ import logging
 
 import typer
 
-from training import calibrate, cpu, data, evaluate, mlir, serve, train
+from training import data, evaluate, serve
 from training.collect.cli import app as collect_app
+from training.domains.cpu import train as cpu
+from training.domains.gemm import calibrate, train
+from training.domains.mlir import train as mlir
 from training.score.cli import score_command
 
 app = typer.Typer(

@@ -10,13 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from service.settings import Settings
-from training.cpu import evaluate_cpu_dataset, summary_rows, write_cpu_plots
-from training.data.registry import REGISTRY, DatasetError
-from training.evaluation.gemm import PROTOCOLS, evaluate_gemm_dataset, write_gemm_plots
-from training.evaluation.plots import write_report
-from training.mlir import PROTOCOLS as MLIR_PROTOCOLS
-from training.mlir import evaluate_cli
+from service.core.settings import Settings
+from training.core.datasets import REGISTRY, DatasetError
+from training.core.plots import write_report
+from training.domains.cpu.train import evaluate_cpu_dataset, summary_rows, write_cpu_plots
+from training.domains.gemm.evaluate import PROTOCOLS, evaluate_gemm_dataset, write_gemm_plots
+from training.domains.mlir.train import PROTOCOLS as MLIR_PROTOCOLS
+from training.domains.mlir.train import evaluate_cli
 
 app = typer.Typer(help="Held-out evaluation: metrics.json and plots under reports/.", no_args_is_help=True)
 

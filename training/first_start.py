@@ -17,15 +17,15 @@ from typing import Annotated, Any
 import typer
 from joblib.externals.loky import get_reusable_executor
 
-from service.domains.contracts import DOMAINS
-from service.registry import ModelRegistry
-from service.settings import Settings
-from training.cpu import train_cpu_model
-from training.data.gemm import available_gemm_datasets
-from training.data.mlir import DEFAULT_DIR
-from training.data.registry import get_spec, is_available
-from training.mlir import train_mlir_model
-from training.train import default_gemm_datasets, train_gemm_model
+from service.core.registry import ModelRegistry
+from service.core.settings import Settings
+from service.domains.registry import DOMAINS
+from training.core.datasets import get_spec, is_available
+from training.domains.cpu.train import train_cpu_model
+from training.domains.gemm.data import available_gemm_datasets
+from training.domains.gemm.train import default_gemm_datasets, train_gemm_model
+from training.domains.mlir.data import DEFAULT_DIR
+from training.domains.mlir.train import train_mlir_model
 
 log = logging.getLogger(__name__)
 

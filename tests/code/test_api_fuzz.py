@@ -15,7 +15,7 @@ from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
 from service.app import create_app
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.conftest import CPU_SUITE
 
 TOKEN = "fuzz-token"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from service.batching import MicroBatcher
+from service.core.batching import MicroBatcher
 
 
 def test_concurrent_requests_share_calls_and_get_their_rows() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from service.devices import DeviceSpec
+from service.core.devices import DeviceSpec
 from training.collect import cli, cpu_gemm, local_cpu, storage
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from service.devices import DeviceSpec
-from service.features.gemm import OPS
+from service.core.devices import DeviceSpec
+from service.domains.gemm.features import OPS
 from training import cli
 from training.collect import cpu_gemm, gpu_backend, gpu_gemm, gpu_sweep, storage
 from training.collect.gpu_backend import GpuTiming
 from training.collect.gpu_sweep import GpuGemmConfig, SweepError
-from training.data.gemm import load_gemm_dir
+from training.domains.gemm.data import load_gemm_dir
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_SPEC = DeviceSpec(
@@ -380,7 +380,7 @@ def test_cli_run_with_a_fake_backend_writes_the_default_directory(
 SLOW_COLLECTOR = """
 import sys, time
 from pathlib import Path
-from service.devices import DeviceSpec
+from service.core.devices import DeviceSpec
 from training.collect import gpu_backend, gpu_gemm, gpu_sweep
 
 spec = DeviceSpec(name="Fake GPU X", memory_gb=16.0, memory_bandwidth_gbps=900.0, sm_count=80,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.features import mlir as F
+from service.domains.mlir import features as F
 from training.collect.mlir import assembly, collector, iree, linalg, records, sweep
 from training.collect.storage import CollectError, exclusive_lock
 

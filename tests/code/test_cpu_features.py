@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.features import cpu
-from service.settings import Settings
-from training.data.cpu import BENCHMARK, RUNTIME_PREFIX, load_spec_cpu2017
+from service.core.settings import Settings
+from service.domains.cpu import features as cpu
+from training.domains.cpu.data import BENCHMARK, RUNTIME_PREFIX, load_spec_cpu2017
 
 
 @pytest.fixture(scope="module")

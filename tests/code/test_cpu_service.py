@@ -13,11 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.domains import cpu as domain
-from service.features import cpu as cpu_features
-from service.model import TabularModel
-from service.schemas.cpu import CpuInstance, CpuPredictRequest
-from service.settings import Settings
+from service.core.model import TabularModel
+from service.core.settings import Settings
+from service.domains.cpu import features as cpu_features
+from service.domains.cpu import runtime as domain
+from service.domains.cpu.schemas import CpuInstance, CpuPredictRequest
 from tests.conftest import CPU_BENCHMARKS as BENCHMARKS
 from tests.conftest import CPU_SUITE as SUITE
 

@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from service.devices import DeviceCatalog, DeviceSpec, canonical
-from service.features.gemm import flops
-from service.features.gemm_dtypes import dtype_peak
-from service.settings import Settings
-from training.data.aiconfigurator import load_aiconfigurator_campaigns
-from training.data.registry import fetch, get_spec
-from training.data.report import LoadReport
+from service.core.devices import DeviceCatalog, DeviceSpec, canonical
+from service.core.settings import Settings
+from service.domains.gemm.dtypes import dtype_peak
+from service.domains.gemm.features import flops
+from training.core.datasets import fetch, get_spec
+from training.core.report import LoadReport
+from training.domains.gemm.aiconfigurator import load_aiconfigurator_campaigns
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG_FILE = ROOT / "service" / "data" / "devices.json"

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import Settings
+from service.core.settings import Settings
 
 
 def test_docs_pages_and_their_assets_come_from_the_service(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.conftest import MIRROR
 
 GEMM = {"instances": [{"m": 512, "n": 512, "k": 512, "device": "AMD EPYC (2 cores)"}]}

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import Settings
+from service.core.settings import Settings
 
 GPUS = ["NVIDIA A100-PCIE-40GB", "Tesla T4", "Tesla V100-PCIE-32GB", "NVIDIA GeForce RTX 4070", "Tesla P4"]
 WORKLOAD = [

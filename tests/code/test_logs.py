@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.data.mlir import load_mlir
-from training.models import CostRegressor
+from training.core.models import CostRegressor
+from training.domains.mlir.data import load_mlir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def test_cv_log_lines_name_held_out_groups_not_devices(caplog: pytest.LogCapture
     X = pd.DataFrame({"a": rng.uniform(0, 1, 90), "b": rng.uniform(0, 1, 90)})
     y = X["a"].to_numpy() * 2 + rng.normal(0, 0.01, 90)
     families = np.repeat(["conv", "matmul", "softmax"], 30)
-    with caplog.at_level(logging.INFO, logger="training.models"):
+    with caplog.at_level(logging.INFO, logger="training.core.models"):
         CostRegressor(candidates=("random_forest",), select_by="unseen", n_jobs=1).fit(X, y, families)
     messages = [r.getMessage() for r in caplog.records]
     assert any("held-out-group CV" in m for m in messages), messages

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from service.features import mlir as F
-from service.settings import Settings
+from service.core.settings import Settings
+from service.domains.mlir import features as F
 
 MATMUL = """
 func.func @main(%a: tensor<64x32xf16>, %b: tensor<32x128xf16>) -> tensor<64x128xf32> {

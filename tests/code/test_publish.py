@@ -12,15 +12,15 @@ import textwrap
 import time
 from pathlib import Path
 
-from service.model import CARD, file_sha256, list_versions
+from service.core.model import CARD, file_sha256, list_versions
 
 PUBLISHER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
     import numpy as np, pandas as pd
-    from training.models import CostRegressor
-    from training.publish import publish
+    from training.core.models import CostRegressor
+    from training.core.publish import publish
 
     rng = np.random.default_rng(0)
     X = pd.DataFrame(rng.random((400, 4)), columns=list("abcd"))

@@ -12,16 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from service.model import file_sha256
-from service.settings import Settings
-from training.data.registry import (
-    REGISTRY,
-    DatasetError,
-    DatasetFile,
-    fetch,
-    get_spec,
-    is_available,
-)
+from service.core.model import file_sha256
+from service.core.settings import Settings
+from training.core.datasets import REGISTRY, DatasetError, DatasetFile, fetch, get_spec, is_available
 
 SMALL = "uci-computer-hardware"  # two small files: quick to serve and hash
 

@@ -19,17 +19,17 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from service.app import create_app
-from service.devices import DeviceCatalog
-from service.domains import gemm
-from service.domains.contracts import DOMAINS
-from service.registry import ModelRegistry
-from service.schemas.gemm import GemmInstance
-from service.settings import Settings
+from service.core.devices import DeviceCatalog
+from service.core.registry import ModelRegistry
+from service.core.settings import Settings
+from service.domains.gemm import runtime as gemm
+from service.domains.gemm.schemas import GemmInstance
+from service.domains.registry import DOMAINS
 from training.cli import app as cli
-from training.cluster import dask_client
+from training.core.cluster import dask_client
+from training.domains.gemm.score import INTERVAL_COLUMNS, score_chunk
 from training.score import run
 from training.score.run import ERRORS, MANIFEST, ScoreError, score
-from training.score.table import INTERVAL_COLUMNS, score_chunk
 
 DEVICES = ["NVIDIA GeForce RTX 4070", "Tesla T4", "NVIDIA H100 80GB HBM3", "nvidia a100-pcie-40gb"]
 

@@ -9,8 +9,8 @@ import logging
 
 import pytest
 
-from service.model import list_versions
-from service.settings import Settings
+from service.core.model import list_versions
+from service.core.settings import Settings
 from training.first_start import ensure_default_models
 
 

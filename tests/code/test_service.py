@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import Settings
+from service.core.settings import Settings
 
 RTX = "NVIDIA GeForce RTX 4070"
 GOOD = {
@@ -97,7 +97,7 @@ def test_device_seen_in_training_is_not_flagged(client: TestClient) -> None:
 
 
 def test_single_device_model_gives_no_number_for_another_device(tmp_path: Path, mirror: Path) -> None:
-    from training.train import train_gemm_model
+    from training.domains.gemm.train import train_gemm_model
 
     settings = Settings(data_mirror=mirror, model_dir=tmp_path / "models")
     train_gemm_model(["gpperf-rtx4070-tiled"], settings)
@@ -232,11 +232,11 @@ def test_body_over_the_limit_is_413(model_dir: Path) -> None:
 
 
 def test_api_and_in_process_predictions_are_identical(client: TestClient, model_dir: Path) -> None:
-    from service.devices import DeviceCatalog
-    from service.domains import gemm
-    from service.domains.contracts import DOMAINS
-    from service.registry import ModelRegistry
-    from service.schemas.gemm import GemmInstance
+    from service.core.devices import DeviceCatalog
+    from service.core.registry import ModelRegistry
+    from service.domains.gemm import runtime as gemm
+    from service.domains.gemm.schemas import GemmInstance
+    from service.domains.registry import DOMAINS
 
     instances = [{**GOOD, "m": m, "k": k} for m in (64, 700, 4096) for k in (128, 2048)]
     api = predict(client, *instances).json()["predictions"]

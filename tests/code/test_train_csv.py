@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from service.features.gemm import DTYPES
+from service.domains.gemm.features import DTYPES
 from training.cli import app
 
 BUNDLED = Path(__file__).resolve().parents[2] / "datasets" / "cpu-gemm-local"
@@ -95,9 +95,9 @@ def test_unusable_csv_is_a_one_line_error_not_a_traceback(tmp_path: Path, conten
 
 
 def test_quantize_activation_in_a_csv_is_a_flag_for_quantized_dtypes_only(tmp_path: Path) -> None:
-    from service.devices import DeviceCatalog
-    from training.data.gemm import load_measurements
-    from training.data.report import LoadReport
+    from service.core.devices import DeviceCatalog
+    from training.core.report import LoadReport
+    from training.domains.gemm.data import load_measurements
 
     device = DeviceCatalog.default().get("NVIDIA H100 80GB HBM3")
     path = tmp_path / "measurements.csv"

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
 from service.app import create_app
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.code.test_mlir_features import MATMUL
 from tests.conftest import CPU_SUITE
 

@@ -11,8 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from service.settings import Settings
-from training.data.aiconfigurator import (
+from service.core.settings import Settings
+from training.core.datasets import DatasetError, fetch, get_spec, is_available
+from training.core.report import LoadReport
+from training.domains.gemm.aiconfigurator import (
     DATASET,
     DEVICE_ALIASES,
     MAX_DEFAULT_ROWS,
@@ -23,9 +25,7 @@ from training.data.aiconfigurator import (
     load_aiconfigurator_campaigns,
     water_fill,
 )
-from training.data.gemm import LOADERS
-from training.data.registry import DatasetError, fetch, get_spec, is_available
-from training.data.report import LoadReport
+from training.domains.gemm.data import LOADERS
 
 GPUS = {
     "NVIDIA A100-SXM4-80GB",

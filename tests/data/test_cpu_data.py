@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.features.cpu import SPEC_FIELDS
-from service.settings import Settings
-from training.data.cpu import (
+from service.core.settings import Settings
+from service.domains.cpu.features import SPEC_FIELDS
+from training.core.report import LoadReport
+from training.domains.cpu.data import (
     BENCHMARK,
     RUNTIME_PREFIX,
     SCORE,
@@ -17,7 +18,6 @@ from training.data.cpu import (
     load_spec_suite,
     load_uci_hardware,
 )
-from training.data.report import LoadReport
 
 ROWS = {"FP_rate": 5331, "FP_speed": 4306, "Int_rate": 5553, "Int_speed": 4313}
 BENCHMARKS = {"FP_rate": 13, "FP_speed": 10, "Int_rate": 10, "Int_speed": 10}

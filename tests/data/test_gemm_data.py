@@ -9,8 +9,10 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from service.devices import DeviceCatalog
-from service.features.gemm import (
+from service.core.devices import DeviceCatalog
+from service.core.settings import Settings
+from service.domains.gemm.dtypes import dtype_peak
+from service.domains.gemm.features import (
     FEATURE_COLUMNS,
     LAYOUTS,
     build_features,
@@ -18,12 +20,10 @@ from service.features.gemm import (
     flops,
     with_k,
 )
-from service.features.gemm_dtypes import dtype_peak
-from service.settings import Settings
-from training.data.deepbench import load_deepbench
-from training.data.gemm import COLUMNS, load_gemm, load_neusight
-from training.data.registry import DatasetError, fetch, get_spec
-from training.data.report import LoadReport
+from training.core.datasets import DatasetError, fetch, get_spec
+from training.core.report import LoadReport
+from training.domains.gemm.data import COLUMNS, load_gemm, load_neusight
+from training.domains.gemm.deepbench import load_deepbench
 
 
 @pytest.fixture(scope="module")

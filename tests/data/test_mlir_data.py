@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.features import mlir as F
+from service.domains.mlir import features as F
 from training.collect.mlir.sweep import FAMILIES, LINALG_FAMILIES
-from training.data.mlir import load_mlir, measured
+from training.domains.mlir.data import load_mlir, measured
 
 DATASET = Path(__file__).resolve().parents[2] / "datasets" / "mlir-cpu-local"
 # The project asked for at least 3,000 measured programs; the committed sweep holds 3,300.
@@ -69,7 +69,7 @@ def test_every_family_spans_four_orders_of_magnitude_of_work(data) -> None:
 
 
 def test_runtime_baseline_fitted_on_the_dataset_separates_folded_programs_from_dispatches(data) -> None:
-    from training.mlir import BaselineFit
+    from training.domains.mlir.train import BaselineFit
 
     ok = measured(data)
     table = F.summary_table([F.summarize(t) for t in ok["mlir"]])

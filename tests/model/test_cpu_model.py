@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.features import cpu
-from service.model import TabularModel
-from service.settings import Settings
-from training.cpu import cpu_card, fit_spec_suite, score_from_ratios, target_stem
-from training.data.cpu import SpecData, load_spec_cpu2017
-from training.publish import publish
+from service.core.model import TabularModel
+from service.core.settings import Settings
+from service.domains.cpu import features as cpu
+from training.core.publish import publish
+from training.domains.cpu.data import SpecData, load_spec_cpu2017
+from training.domains.cpu.train import cpu_card, fit_spec_suite, score_from_ratios, target_stem
 
 SUITE = "Int_rate"
 BENCH = "500.perlbench_r"

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from distributed import get_task_stream
 
-from service.features import gemm as gemm_features
-from service.model import OnnxTrees
-from service.settings import Settings
-from training.cluster import training_on_cluster
-from training.data.gemm import load_gemm
-from training.models import CostRegressor
-from training.train import gemm_log_target
+from service.core.model import OnnxTrees
+from service.core.settings import Settings
+from service.domains.gemm import features as gemm_features
+from training.core.cluster import training_on_cluster
+from training.core.models import CostRegressor
+from training.domains.gemm.data import load_gemm
+from training.domains.gemm.train import gemm_log_target
 
 
 def test_cluster_training_matches_local_training(

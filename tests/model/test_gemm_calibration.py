@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.features import gemm as features
-from service.model import TabularModel
-from service.settings import Settings
-from training.models import CALIBRATION_ROWS, CostRegressor
-from training.train import GemmFit
+from service.core.model import TabularModel
+from service.core.settings import Settings
+from service.domains.gemm import features
+from training.core.models import CALIBRATION_ROWS, CostRegressor
+from training.domains.gemm.train import GemmFit
 
 NEW_GPU = "NVIDIA L40S"
 ROWS_PER_DEVICE_DTYPE = 200
@@ -55,10 +55,10 @@ class Calibrated:
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Calibrated:
     from training.collect.gpu_sweep import calibration_sweep
-    from training.data.gemm import load_gemm
-    from training.evaluation.gemm import calibration_rows
-    from training.publish import publish
-    from training.train import fit_gemm, gemm_card
+    from training.core.publish import publish
+    from training.domains.gemm.data import load_gemm
+    from training.domains.gemm.evaluate import calibration_rows
+    from training.domains.gemm.train import fit_gemm, gemm_card
 
     root = tmp_path_factory.mktemp("calibrated")
     data = load_gemm("aiconfigurator-gemm", Settings(data_mirror=mirror, data_home=root / "cache"))

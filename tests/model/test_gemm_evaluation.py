@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from service.features.gemm import CONFIG_COLUMNS
-from training.evaluation.gemm import random_split
+from service.domains.gemm.features import CONFIG_COLUMNS
+from training.domains.gemm.evaluate import random_split
 
 
 def test_repeat_campaigns_of_one_gemm_stay_on_one_side() -> None:

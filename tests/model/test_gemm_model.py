@@ -12,17 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.devices import DeviceCatalog
-from service.domains import gemm
-from service.features import gemm as features
-from service.model import TabularModel, halfwidth, list_versions
-from service.schemas.gemm import GemmInstance
-from service.settings import Settings
-from training.data.gemm import load_gemm
-from training.models import CostRegressor, make_candidate
-from training.publish import publish
-from training.split_regressor import SplitRegressor
-from training.train import K_SPLIT, fit_gemm
+from service.core.devices import DeviceCatalog
+from service.core.model import TabularModel, halfwidth, list_versions
+from service.core.settings import Settings
+from service.domains.gemm import features
+from service.domains.gemm import runtime as gemm
+from service.domains.gemm.schemas import GemmInstance
+from training.core.models import CostRegressor, make_candidate
+from training.core.publish import publish
+from training.core.split_regressor import SplitRegressor
+from training.domains.gemm.data import load_gemm
+from training.domains.gemm.train import K_SPLIT, fit_gemm
 
 RTX = "NVIDIA GeForce RTX 4070"
 
@@ -95,7 +95,7 @@ def test_onnx_export_agrees_with_lightgbm_on_rows_with_missing_fields(
     X = table.loc[:, booster.feature_name()].to_numpy(dtype=float)
     assert np.isnan(X).any(axis=0).sum() >= 10
     served = model.targets["runtime_ms"].predictor.predict(X)
-    # LightGBM was fit on the float32 features its export compares (see training.models._tree_input);
+    # LightGBM was fit on the float32 features its export compares (see training.core.models._tree_input);
     # the export sums leaves in float32 (a moved branch would differ by far more than this tolerance).
     np.testing.assert_allclose(served.ravel(), booster.predict(X.astype(np.float32)), rtol=1e-5, atol=1e-5)
 

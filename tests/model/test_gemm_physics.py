@@ -13,19 +13,19 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from service.devices import DeviceCatalog
-from service.domains import gemm
-from service.features import gemm as features
-from service.model import TabularModel, list_versions
-from service.schemas.gemm import GemmInstance
-from service.settings import Settings
+from service.core.devices import DeviceCatalog
+from service.core.model import TabularModel, list_versions
+from service.core.settings import Settings
+from service.domains.gemm import features
+from service.domains.gemm import runtime as gemm
+from service.domains.gemm.schemas import GemmInstance
 from training.cli import app
-from training.data.gemm import load_gemm
-from training.data.registry import DatasetError
-from training.evaluation import gemm as evaluate
-from training.evaluation.gemm import extrapolation_split, gemm_instances, served_predictions
-from training.publish import publish
-from training.train import fit_gemm, gemm_card, gemm_log_target, publish_gemm
+from training.core.datasets import DatasetError
+from training.core.publish import publish
+from training.domains.gemm import evaluate
+from training.domains.gemm.data import load_gemm
+from training.domains.gemm.evaluate import extrapolation_split, gemm_instances, served_predictions
+from training.domains.gemm.train import fit_gemm, gemm_card, gemm_log_target, publish_gemm
 
 DEVICES = ("Tesla T4", "NVIDIA A100-PCIE-40GB", "NVIDIA H100 80GB HBM3", "NVIDIA L4", "Tesla P4")
 

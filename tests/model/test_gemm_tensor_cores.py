@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.devices import DeviceCatalog
-from service.features.gemm_dtypes import dtype_peak
-from service.settings import Settings
+from service.core.devices import DeviceCatalog
+from service.core.settings import Settings
+from service.domains.gemm.dtypes import dtype_peak
 
 SIZE = 8192
 # Peaks at least this far apart must rank the same way whatever the learned efficiencies say.
@@ -26,8 +26,8 @@ ROWS_PER_DEVICE_DTYPE = 40
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, mirror: Path):
-    from training.data.gemm import load_gemm
-    from training.train import publish_gemm
+    from training.domains.gemm.data import load_gemm
+    from training.domains.gemm.train import publish_gemm
 
     root = tmp_path_factory.mktemp("tensor-cores")
     settings = Settings(data_mirror=mirror, data_home=root / "cache", model_dir=root / "models")

@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from scipy.stats import spearmanr
 
 from service.app import create_app
-from service.features import mlir as F
-from service.model import TabularModel
-from service.settings import Settings
-from training.mlir import TARGET_OFFSETS, BaselineFit, ceilings
+from service.core.model import TabularModel
+from service.core.settings import Settings
+from service.domains.mlir import features as F
+from training.domains.mlir.train import TARGET_OFFSETS, BaselineFit, ceilings
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 The collector walks a fixed sweep of GEMM/batched-GEMM configurations (:func:`build_sweep`), times each
 one and appends one row per configuration to ``measurements.csv`` in the output directory, next to
-``device.json`` (this CPU as a :class:`service.devices.DeviceSpec`, with a measured memory bandwidth)
+``device.json`` (this CPU as a :class:`service.core.devices.DeviceSpec`, with a measured memory bandwidth)
 and ``environment.json`` (numpy, BLAS, Python, platform).
 
 Crash safety: each row is written with a single ``write`` and ``fsync``-ed before the next

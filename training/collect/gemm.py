@@ -19,8 +19,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from service.features.gemm import gemm_bytes, gemm_flops
-from service.features.gemm_dtypes import DTYPE_SPECS
+from service.domains.gemm.dtypes import DTYPE_SPECS
+from service.domains.gemm.features import gemm_bytes, gemm_flops
 from training.collect.storage import RowWriter
 
 # The first columns of both collectors' CSVs: the key, where and on what it was measured, and the shape.

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.devices import DeviceSpec
+from service.core.devices import DeviceSpec
 from training.collect.gemm import Timing
 from training.collect.gpu_sweep import GpuGemmConfig
 from training.collect.storage import CollectError

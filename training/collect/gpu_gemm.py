@@ -2,7 +2,7 @@
 
 Output: the layout ``perfcost train gemm --from DIR`` reads, as ``perfcost collect cpu-gemm`` writes it
 (``measurements.csv`` with one row per configuration, ``device.json`` as a
-:class:`service.devices.DeviceSpec`, ``environment.json``), crash-safe and resumable the same way: the
+:class:`service.core.devices.DeviceSpec`, ``environment.json``), crash-safe and resumable the same way: the
 lock, the durable appends and the atomic rewrites are :mod:`training.collect.storage`'s. The CSV's columns
 (:data:`COLUMNS`) are the CPU collector's without ``kernel`` and ``threads`` and with ``power_w`` and
 ``energy_j``; a killed run loses at most the configuration in flight, and a rerun skips every key already
@@ -37,8 +37,8 @@ from typing import Annotated, Any
 
 import typer
 
-from service.devices import DeviceSpec
-from service.features.gemm import OPS
+from service.core.devices import DeviceSpec
+from service.domains.gemm.features import OPS
 from training.collect.gemm import SHAPE_COLUMNS, gemm_row, measure_rows
 from training.collect.gpu_backend import Backend, ConfigSkipped, make_backend
 from training.collect.gpu_sweep import (

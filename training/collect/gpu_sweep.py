@@ -18,7 +18,7 @@ from importlib import resources
 
 import pandas as pd
 
-from service.features.gemm import DTYPES, LAYOUTS, OPS
+from service.domains.gemm.features import DTYPES, LAYOUTS, OPS
 from training.collect.gemm import GemmShape
 
 # dtypes torch.matmul/bmm run on a CUDA device (int8 needs other entry points).

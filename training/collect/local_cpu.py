@@ -7,7 +7,7 @@ import platform
 import time
 from pathlib import Path
 
-from service.devices import DeviceSpec
+from service.core.devices import DeviceSpec
 
 
 def local_cpu_count() -> int:

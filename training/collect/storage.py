@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from service.devices import DeviceSpec
+from service.core.devices import DeviceSpec
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from service.settings import Settings
-from training.data.registry import REGISTRY, DatasetError, fetch, get_spec, is_available
+from service.core.settings import Settings
+from training.core.datasets import REGISTRY, DatasetError, fetch, get_spec, is_available
 
 app = typer.Typer(
     help="Public and bundled datasets: list, fetch (download-or-mirror, sha256-checked).",
@@ -20,7 +20,7 @@ app = typer.Typer(
 @app.command("list")
 def list_datasets() -> None:
     """Every registered dataset with its domain, rows, licence, source and whether it is cached."""
-    from training.data.gemm import bundled_gemm_datasets
+    from training.domains.gemm.data import bundled_gemm_datasets
 
     settings = Settings()
     table = Table(title="perfcost datasets")

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from service.settings import Settings
-from training.cluster import ClusterError, dask_client
+from service.core.settings import Settings
+from training.core.cluster import ClusterError, dask_client
 from training.score.run import ERRORS, ScoreError, score
 
 log = logging.getLogger(__name__)

@@ -29,11 +29,11 @@ import pyarrow.parquet as pq
 from distributed import Client, as_completed
 from tqdm import tqdm
 
-from service.devices import DeviceCatalog
-from service.domains.contracts import DOMAINS
-from service.model import CARD, ModelLoadError, TabularModel, file_sha256
-from service.registry import ModelRegistry, load_version
-from training.score.table import check_columns, output_schema, score_chunk
+from service.core.devices import DeviceCatalog
+from service.core.model import CARD, ModelLoadError, TabularModel, file_sha256
+from service.core.registry import ModelRegistry, load_version
+from service.domains.registry import DOMAINS
+from training.domains.gemm.score import check_columns, output_schema, score_chunk
 
 log = logging.getLogger(__name__)
 MANIFEST = "_perfcost_score.json"

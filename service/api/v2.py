@@ -1,0 +1,335 @@
+"""``/v2``: the Open Inference Protocol (KServe / Triton / MLServer REST) beside the native routes.
+
+Each served model is a domain: its native request schema validates the rows an infer request's columns
+make, and its native predictor answers them, so both dialects give the same values by construction. The
+tensors are derived from the schemas (see :mod:`service.schemas.v2`); a domain adds one :class:`Served`.
+Errors answer OIP's ``{"error": ...}`` with the service's ``{"detail": [...]}`` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from service import __version__
+from service.api import health
+from service.core.batching import MICRO_BATCH_MAX_INSTANCES
+from service.core.deps import RegistryDep, Serving, ServingDep, check_batch, require_model, serving_of
+from service.core.routing import json_body, strict_json
+from service.domains.cpu import runtime as cpu
+from service.domains.cpu.schemas import CpuInstance, CpuPrediction, CpuPredictRequest
+from service.domains.gemm import runtime as gemm
+from service.domains.gemm.schemas import GemmInstance, GemmPrediction, GemmPredictRequest
+from service.domains.mlir import runtime as mlir
+from service.domains.mlir.schemas import MlirInstance, MlirPrediction, MlirPredictRequest
+from service.oip import codec as v2
+
+MAX_PROBLEMS = 10
+
+
+class OipRoute(APIRoute):
+    """A route whose errors, its own and those of the shared dependencies (503 no model, 413 batch),
+    answer in the protocol's error body, which OIP clients read."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except v2.TensorError as exc:
+                return JSONResponse(v2.error_body(exc.problems), status_code=exc.status)
+            except HTTPException as exc:
+                detail = (
+                    exc.detail if isinstance(exc.detail, list) else [{"field": "path", "reason": exc.detail}]
+                )
+                problems = [(str(d["field"]), str(d["reason"])) for d in detail[:MAX_PROBLEMS]]
+                return JSONResponse(v2.error_body(problems), status_code=exc.status_code)
+
+        return answer
+
+
+router = APIRouter(prefix="/v2", tags=["v2"], route_class=OipRoute)
+Predict = Callable[[Any, Any, Serving], Awaitable[list[dict[str, Any]]]]
+
+
+def _errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": v2.V2Error} for code in status_codes}
+
+
+def _no_keys(model: Any) -> dict[str, list[str]]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Served:
+    """One model of this dialect: its native schemas, and its native checks and predictor."""
+
+    request: type[BaseModel]
+    instance: type[BaseModel]
+    prediction: type[BaseModel]
+    predict: Predict
+    # Keys of the prediction's mappings of intervals, which name outputs (CPU: each suite's benchmarks).
+    keys: Callable[[Any], dict[str, list[str]]] = _no_keys
+    inputs: tuple[v2.InputSpec, ...] = field(init=False)
+    dynamic: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", v2.input_specs(self.instance))
+        object.__setattr__(self, "dynamic", v2.dynamic_fields(self.prediction))
+
+    def outputs(self, keys: dict[str, list[str]]) -> tuple[v2.OutputSpec, ...]:
+        return v2.output_specs(self.prediction, tuple((f, tuple(keys.get(f, ()))) for f in self.dynamic))
+
+
+async def _batched(serving: Serving, key: Hashable, instances: list[Any], run: Callable[..., Any]) -> Any:
+    if len(instances) > MICRO_BATCH_MAX_INSTANCES:
+        return await run_in_threadpool(run, instances)
+    return await serving.batcher.submit(key, instances, run)
+
+
+def _input_problem(path: str, reason: str) -> v2.TensorError:
+    """A native field path (``instances.3.device``) as the input tensor and row it came from."""
+    parts = path.split(".")
+    if len(parts) >= 3 and parts[0] == "instances":
+        return v2.bad(f"inputs.{parts[2]}.{parts[1]}", f"input {parts[2]!r} row {parts[1]}: {reason}")
+    return v2.bad("inputs", f"inputs: {reason}")
+
+
+async def _gemm(request: Any, model: Any, serving: Serving) -> list[dict[str, Any]]:
+    try:
+        gemm.resolve_devices(request.instances, serving.catalog, gemm.model_devices(model))
+    except gemm.UnknownDeviceError as exc:
+        raise _input_problem(f"instances.{exc.index}.device", str(exc)) from exc
+    run = partial(gemm.predict, coverage=request.coverage, model=model, catalog=serving.catalog)
+    rows: list[dict[str, Any]] = await _batched(
+        serving, ("v2", "gemm", id(model), request.coverage), request.instances, run
+    )
+    return rows
+
+
+async def _cpu(request: Any, model: Any, serving: Serving) -> list[dict[str, Any]]:
+    try:
+        cpu.get_suite(model, request.suite)
+    except cpu.UnknownSuiteError as exc:
+        raise v2.bad("parameters.suite", f"parameter 'suite': {exc}") from exc
+    try:
+        cpu.check_instances(request.instances)
+    except cpu.InvalidSpecError as exc:
+        raise _input_problem(exc.field, str(exc)) from exc
+    run = partial(cpu.predict, coverage=request.coverage, suite=request.suite, model=model)
+    rows: list[dict[str, Any]] = await _batched(
+        serving, ("v2", "cpu", id(model), request.coverage, request.suite), request.instances, run
+    )
+    return rows
+
+
+def _cpu_keys(model: Any) -> dict[str, list[str]]:
+    suites = cpu.benchmarks(model)["suites"]
+    return {"benchmarks": list(dict.fromkeys(b for names in suites.values() for b in names))}
+
+
+async def _mlir(request: Any, model: Any, serving: Serving) -> list[dict[str, Any]]:
+    try:
+        mlir.check_instances(request.instances, serving.settings.max_program_bytes)
+    except mlir.ProgramError as exc:
+        problem = _input_problem(f"instances.{exc.index}.mlir", str(exc))
+        raise v2.TensorError(problem.problems, 413 if exc.status == 413 else 400) from exc
+    rows: list[dict[str, Any]] = await run_in_threadpool(
+        mlir.predict, request.instances, request.coverage, model
+    )
+    return rows
+
+
+SERVED: dict[str, Served] = {
+    "gemm": Served(GemmPredictRequest, GemmInstance, GemmPrediction, _gemm),
+    "cpu": Served(CpuPredictRequest, CpuInstance, CpuPrediction, _cpu, _cpu_keys),
+    "mlir": Served(MlirPredictRequest, MlirInstance, MlirPrediction, _mlir),
+}
+
+
+def _resolve(name: str, version: str | None, serving: Serving) -> tuple[Served, Any]:
+    """The model of that name, loaded (503 with why not), at that version if one is named (404)."""
+    served = SERVED.get(name)
+    if served is None:
+        raise v2.bad("name", f"model {name!r} is unknown; this server has: {', '.join(SERVED)}", 404)
+    model = require_model(serving.snapshot, name, serving.first_start)
+    if version is not None and version != model.version:
+        raise v2.bad(
+            "version",
+            f"version {version!r} of model {name!r} is not served; version {model.version!r} is",
+            404,
+        )
+    return served, model
+
+
+@router.get("/health/live", response_model=v2.Liveness)
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", response_model=v2.Readiness, responses=_errors(503))
+async def ready(request: Request, registry: RegistryDep) -> JSONResponse:
+    """Ready exactly when ``/readyz`` is (a model serves); otherwise 503 with its reason."""
+    native = await health.readyz(request, registry)
+    if native.status_code == 200:
+        return JSONResponse({"ready": True})
+    reason = str(json.loads(bytes(native.body)).get("reason", "not ready"))
+    return JSONResponse(
+        {"ready": False, **v2.error_body([("server", reason)])}, status_code=native.status_code
+    )
+
+
+@router.get("", response_model=v2.ServerMetadata)
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "perfcost", "version": __version__, "extensions": list(v2.EXTENSIONS)}
+
+
+def _metadata(name: str, served: Served, model: Any) -> dict[str, Any]:
+    estimators = sorted({str(t.get("estimator")) for t in model.card.get("targets", {}).values()})
+    parameters = {
+        key: {"description": info.description or ""}
+        | (
+            {"required": True}
+            if info.is_required()
+            else {"default": info.get_default(call_default_factory=True)}
+        )
+        for key, info in served.request.model_fields.items()
+        if key != "instances"
+    }
+    return {
+        "name": name,
+        "versions": [model.version],
+        "platform": "perfcost/" + "+".join(estimators),
+        "inputs": [s.metadata().model_dump() for s in served.inputs],
+        "outputs": [s.metadata().model_dump() for s in served.outputs(served.keys(model))],
+        "parameters": {"request_parameters": parameters, "missing_values": v2.NAN_NOTE},
+    }
+
+
+@router.get("/models/{name}", response_model=v2.ModelMetadata, responses=_errors(404, 503))
+async def model_metadata(name: str, serving: ServingDep) -> dict[str, Any]:
+    """Inputs (the instance fields, one column each) and outputs of the served version."""
+    return _metadata(name, *_resolve(name, None, serving))
+
+
+@router.get(
+    "/models/{name}/versions/{version}",
+    response_model=v2.ModelMetadata,
+    responses=_errors(404, 503),
+)
+async def model_version_metadata(name: str, version: str, serving: ServingDep) -> dict[str, Any]:
+    return _metadata(name, *_resolve(name, version, serving))
+
+
+@router.get("/models/{name}/ready", response_model=v2.Readiness, responses=_errors(404, 503))
+async def model_ready(name: str, serving: ServingDep) -> dict[str, Any]:
+    _resolve(name, None, serving)
+    return {"name": name, "ready": True}
+
+
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    response_model=v2.Readiness,
+    responses=_errors(404, 503),
+)
+async def model_version_ready(name: str, version: str, serving: ServingDep) -> dict[str, Any]:
+    _resolve(name, version, serving)
+    return {"name": name, "ready": True}
+
+
+def _raw(datatype: str, column: list[Any]) -> bytes:
+    if datatype == "BYTES":
+        encoded = [v.encode("utf-8") for v in column]
+        return b"".join(struct.pack("<I", len(v)) + v for v in encoded)
+    return np.asarray(column, dtype=v2.FIXED[datatype]).tobytes()
+
+
+def _encode(
+    head: Mapping[str, Any], outputs: Sequence[tuple[v2.OutputSpec, bool, list[Any]]]
+) -> tuple[bytes, int | None]:
+    """The response body after ``head`` (model_name, model_version, id), and the JSON header's length
+    when binary tensor data follows it."""
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for spec, binary, column in outputs:
+        tensor: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": [len(column)]}
+        if binary:
+            raw = _raw(spec.datatype, column)
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif spec.datatype == "FP64":
+            tensor["data"] = [None if math.isnan(v) else v for v in column]
+        else:
+            tensor["data"] = column
+        tensors.append(tensor)
+    header = json.dumps({**head, "outputs": tensors}, allow_nan=False, separators=(",", ":")).encode()
+    if not chunks:
+        return header, None
+    return header + b"".join(chunks), len(header)
+
+
+async def _infer(http_request: Request, name: str, version: str | None, serving: Serving) -> Response:
+    served, model = _resolve(name, version, serving)
+    header, binary = v2.split_body(await http_request.body(), http_request.headers.get(v2.HEADER_LENGTH))
+    try:
+        data = strict_json(header)
+    except json.JSONDecodeError as exc:
+        raise v2.bad("body", f"the JSON header is not valid JSON: {exc.msg}") from exc
+    request = v2.parse_request(data)
+    n = v2.check_inputs(request, served.inputs, name)
+    check_batch(n, serving.settings)
+    parameters = v2.model_parameters(request, served.request, name)
+    rows = v2.instance_rows(request, binary, served.inputs, n)
+    native = v2.native_request(served.request, rows, parameters)
+    predictions = await served.predict(native, model, serving)
+    keys = {
+        f: list(dict.fromkeys(k for row in predictions for k in row.get(f) or {})) for f in served.dynamic
+    }
+    chosen = v2.selected_outputs(request, served.outputs(keys), name)
+    head = {"model_name": name, "model_version": model.version, "id": request.id or uuid.uuid4().hex}
+    columns = [(spec, as_binary, v2.output_column(spec, predictions)) for spec, as_binary in chosen]
+    body, header_length = _encode(head, columns)
+    if header_length is None:
+        return Response(body, media_type="application/json")
+    return Response(
+        body, media_type="application/octet-stream", headers={v2.HEADER_LENGTH: str(header_length)}
+    )
+
+
+INFER_BODY = json_body(v2.InferRequest)
+INFER_ERRORS = _errors(400, 404, 413, 503)
+
+
+@router.post(
+    "/models/{name}/infer", openapi_extra=INFER_BODY, response_model=v2.InferResponse, responses=INFER_ERRORS
+)
+async def infer(http_request: Request, name: str) -> Response:
+    """Predict the rows the input columns make. With Triton's binary tensor data extension the body is
+    the JSON header (``Inference-Header-Content-Length`` bytes) followed by the binary inputs."""
+    return await _infer(http_request, name, None, serving_of(http_request))
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    openapi_extra=INFER_BODY,
+    response_model=v2.InferResponse,
+    responses=INFER_ERRORS,
+)
+async def infer_version(http_request: Request, name: str, version: str) -> Response:
+    return await _infer(http_request, name, version, serving_of(http_request))

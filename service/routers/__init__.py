@@ -1,1 +1,0 @@
-"""One APIRouter per domain, plus health and models."""

@@ -1,1 +1,0 @@
-"""Request/response schemas: one module per domain, plus the shapes every domain shares."""

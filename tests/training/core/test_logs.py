@@ -13,7 +13,7 @@ import pytest
 from training.core.models import CostRegressor
 from training.domains.mlir.data import load_mlir
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_cv_log_lines_name_held_out_groups_not_devices(caplog: pytest.LogCaptureFixture) -> None:

@@ -65,7 +65,7 @@ ONNX_IMPORTED = """module {
 #-}
 """  # noqa: E501
 
-DATASET = Path(__file__).resolve().parents[2] / "datasets" / "mlir-cpu-local"
+DATASET = Path(__file__).resolve().parents[4] / "datasets" / "mlir-cpu-local"
 # Figures of the order training fits on the bundled dataset.
 BASELINE = F.RuntimeBaseline(floor_ms=1.3e-3, call_ms=0.06, flops_per_ms=2e7, bytes_per_ms=6e7)
 

@@ -23,8 +23,8 @@ from tritonclient.utils import InferenceServerException
 
 from service.app import create_app
 from service.core.settings import Settings
-from tests.code.test_mlir_features import MATMUL
 from tests.conftest import CPU_SUITE
+from tests.service.domains.mlir.test_features import MATMUL
 
 RTX = "NVIDIA GeForce RTX 4070"
 TILED = "gpperf_tiled_matmul"

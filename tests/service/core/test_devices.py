@@ -22,7 +22,7 @@ from training.core.datasets import fetch, get_spec
 from training.core.report import LoadReport
 from training.domains.gemm.aiconfigurator import load_aiconfigurator_campaigns
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CATALOG_FILE = ROOT / "service" / "data" / "devices.json"
 AICONFIGURATOR = (
     Path(os.environ.get("PERFCOST_DATA_MIRROR", ROOT.parent / "shared" / "datasets")) / "aiconfigurator-gemm"

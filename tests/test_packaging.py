@@ -12,7 +12,7 @@ from pathlib import Path
 import lightgbm
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def dockerfile_runs() -> list[str]:

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from service.core.devices import DeviceSpec
 from training.collect import cli, cpu_gemm, local_cpu, storage
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # Tiny shapes only, one BLAS thread, a small bandwidth array: a run costs milliseconds per configuration.
 TINY = ["--max-seconds-per-config", "0.0005", "--threads", "1", "--bandwidth-mib", "4"]
 

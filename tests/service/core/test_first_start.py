@@ -28,7 +28,7 @@ PROGRAM = {
 }
 
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def readme_requests(route: str) -> list[dict[str, object]]:

@@ -14,7 +14,7 @@ from service.domains.mlir import features as F
 from training.collect.mlir.sweep import FAMILIES, LINALG_FAMILIES
 from training.domains.mlir.data import load_mlir, measured
 
-DATASET = Path(__file__).resolve().parents[2] / "datasets" / "mlir-cpu-local"
+DATASET = Path(__file__).resolve().parents[4] / "datasets" / "mlir-cpu-local"
 # The project asked for at least 3,000 measured programs; the committed sweep holds 3,300.
 MIN_PROGRAMS = 3000
 

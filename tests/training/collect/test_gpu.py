@@ -28,7 +28,7 @@ from training.collect.gpu_backend import GpuTiming
 from training.collect.gpu_sweep import GpuGemmConfig, SweepError
 from training.domains.gemm.data import load_gemm_dir
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FAKE_SPEC = DeviceSpec(
     name="Fake GPU X",
     memory_gb=16.0,

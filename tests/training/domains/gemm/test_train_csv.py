@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from service.domains.gemm.features import DTYPES
 from training.cli import app
 
-BUNDLED = Path(__file__).resolve().parents[2] / "datasets" / "cpu-gemm-local"
+BUNDLED = Path(__file__).resolve().parents[4] / "datasets" / "cpu-gemm-local"
 GOOD_ROWS = 240
 
 

@@ -148,9 +148,9 @@ def sequential_mlir_ms(url: str, text: str, requests: int) -> list[float]:
 def in_process_seconds(model_dir: Path, rows: list[dict], repeats: int) -> float:
     from service.core.devices import DeviceCatalog
     from service.core.registry import ModelRegistry
+    from service.domains import DOMAINS
     from service.domains.gemm import runtime as gemm
     from service.domains.gemm.schemas import GemmInstance
-    from service.domains.registry import DOMAINS
 
     model = ModelRegistry(model_dir, DOMAINS).reload().get("gemm")
     if model is None:

@@ -217,10 +217,10 @@ def feature_rows(instances: list[dict[str, Any]], model_dir: Path) -> tuple[np.n
     """perfcost's float64 feature matrix for the instances (its own device resolution), and the model."""
     from service.core.devices import DeviceCatalog
     from service.core.registry import ModelRegistry
+    from service.domains import DOMAINS
     from service.domains.gemm import features as gemm_features
     from service.domains.gemm import runtime as gemm
     from service.domains.gemm.schemas import GemmInstance
-    from service.domains.registry import DOMAINS
 
     model = ModelRegistry(model_dir, DOMAINS).reload().get("gemm")
     if model is None:

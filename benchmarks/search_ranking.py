@@ -19,9 +19,9 @@ from sklearn.model_selection import GroupKFold
 from service.core.devices import DeviceCatalog
 from service.core.model import TabularModel
 from service.core.settings import Settings
+from service.domains.gemm import DOMAIN as GEMM
 from service.domains.gemm import search as gemm_search
 from service.domains.gemm.schemas import GemmSearchRequest
-from service.domains.registry import GEMM
 from training.core.publish import publish
 from training.domains.gemm.data import load_gemm
 from training.domains.gemm.train import fit_gemm, gemm_card

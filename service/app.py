@@ -31,17 +31,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from service import __version__
-from service.api import health, models, v2
+from service.api import health, models, v1, v2
 from service.core.batching import MicroBatcher
 from service.core.devices import DeviceCatalog
+from service.core.domain import Domains
 from service.core.first_start import FirstStart
 from service.core.registry import ModelRegistry
 from service.core.routing import add_body_schemas
 from service.core.settings import Settings
-from service.domains.cpu import routes as cpu
-from service.domains.gemm import routes as gemm
-from service.domains.mlir import routes as mlir
-from service.domains.registry import DOMAINS
+from service.domains import DOMAINS
 
 log = logging.getLogger(__name__)
 WEB = Path(__file__).resolve().parent / "web"
@@ -227,11 +225,10 @@ def _answer_errors_by_field(app: FastAPI) -> None:
         )
 
 
-def _add_routes(app: FastAPI, metrics: Metrics) -> None:
+def _add_routes(app: FastAPI, metrics: Metrics, domains: Domains) -> None:
     # Routes are matched in order, one regex each: prediction routes first, as they take the traffic.
-    app.include_router(gemm.router)
-    app.include_router(cpu.router)
-    app.include_router(mlir.router)
+    for domain in domains:
+        app.include_router(v1.router(domain))
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(v2.router)
@@ -248,9 +245,11 @@ def _add_routes(app: FastAPI, metrics: Metrics) -> None:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, domains: Domains = DOMAINS) -> FastAPI:
+    """The service over ``settings`` (default: from the environment) serving ``domains`` (default: every
+    registered one; a user's or a test's own domain is served by passing ``DOMAINS.with_domain(...)``)."""
     settings = settings or Settings()
-    registry = ModelRegistry(settings.model_dir, DOMAINS)
+    registry = ModelRegistry(settings.model_dir, domains)
     catalog = DeviceCatalog.default(settings.device_dir)
     metrics = Metrics()
 
@@ -268,7 +267,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def reload() -> None:
         await asyncio.get_running_loop().run_in_executor(loader, reload_now)
 
-    first_start = FirstStart(settings, reload)
+    first_start = FirstStart(settings, reload, [d.name for d in domains if d.default])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -304,7 +303,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.batcher = MicroBatcher()
     app.state.reload = reload
     app.state.first_start = first_start
-    _add_routes(app, metrics)
+    _add_routes(app, metrics, domains)
     _answer_errors_by_field(app)
     app.add_middleware(
         LimitsAndMetrics,

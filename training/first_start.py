@@ -19,7 +19,7 @@ from joblib.externals.loky import get_reusable_executor
 
 from service.core.registry import ModelRegistry
 from service.core.settings import Settings
-from service.domains.registry import DOMAINS
+from service.domains import DOMAINS
 from training.core.datasets import get_spec, is_available
 from training.domains.cpu.train import train_cpu_model
 from training.domains.gemm.data import available_gemm_datasets

@@ -7,7 +7,6 @@ from fastapi.responses import JSONResponse
 
 from service.core.deps import RegistryDep, unloaded_reason
 from service.core.first_start import FirstStart
-from service.domains.registry import DOMAINS
 
 router = APIRouter(tags=["health"])
 
@@ -25,7 +24,7 @@ async def readyz(request: Request, registry: RegistryDep) -> JSONResponse:
     snapshot = registry.snapshot
     first_start: FirstStart = request.app.state.first_start
     domains = {}
-    for name in DOMAINS:
+    for name in registry.domains.names:
         model = snapshot.get(name)
         if model is None:
             domains[name] = first_start.reason(name) or unloaded_reason(snapshot, name)

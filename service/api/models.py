@@ -10,7 +10,6 @@ from fastapi import APIRouter, Header, HTTPException, Request
 from service.core.deps import CatalogDep, RegistryDep, SettingsDep, SnapshotDep
 from service.core.model import TabularModel
 from service.core.registry import Snapshot
-from service.domains.gemm import runtime as gemm
 
 router = APIRouter(tags=["models"])
 
@@ -83,11 +82,13 @@ async def model_version_card(name: str, version: str, snapshot: SnapshotDep) -> 
 
 
 @router.get("/v1/devices")
-async def devices(catalog: CatalogDep, snapshot: SnapshotDep) -> dict[str, Any]:
+async def devices(catalog: CatalogDep, registry: RegistryDep) -> dict[str, Any]:
+    """The catalog's devices, and those the served models were trained on (with the specs they used)."""
     known = {d.name: d.model_dump(exclude_none=True) for d in catalog}
-    for model in snapshot.models.values():
-        if model.meta is not None and model.meta.domain == "gemm":
-            for spec in gemm.model_devices(model).values():
+    for model in registry.snapshot.models.values():
+        domain = registry.domains.get(model.meta.domain or "") if model.meta is not None else None
+        if domain is not None and domain.devices is not None:
+            for spec in domain.devices(model):
                 known.setdefault(spec.name, spec.model_dump(exclude_none=True))
     return {"devices": sorted(known.values(), key=lambda d: d["name"])}
 

@@ -2,7 +2,8 @@
 
 Each served model is a domain: its native request schema validates the rows an infer request's columns
 make, and its native predictor answers them, so both dialects give the same values by construction. The
-tensors are derived from the schemas (see :mod:`service.schemas.v2`); a domain adds one :class:`Served`.
+tensors are derived from the schemas (see :mod:`service.oip.codec`), so a registered domain is served here
+with nothing written for it.
 Errors answer OIP's ``{"error": ...}`` with the service's ``{"detail": [...]}`` beside it.
 """
 
@@ -12,31 +13,23 @@ import json
 import math
 import struct
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from service import __version__
-from service.api import health
-from service.core.batching import MICRO_BATCH_MAX_INSTANCES
+from service.api import dispatch, health
 from service.core.deps import RegistryDep, Serving, ServingDep, check_batch, require_model, serving_of
+from service.core.domain import Domain, RequestError
 from service.core.routing import json_body, strict_json
-from service.domains.cpu import runtime as cpu
-from service.domains.cpu.schemas import CpuInstance, CpuPrediction, CpuPredictRequest
-from service.domains.gemm import runtime as gemm
-from service.domains.gemm.schemas import GemmInstance, GemmPrediction, GemmPredictRequest
-from service.domains.mlir import runtime as mlir
-from service.domains.mlir.schemas import MlirInstance, MlirPrediction, MlirPredictRequest
 from service.oip import codec as v2
 
 MAX_PROBLEMS = 10
@@ -65,109 +58,51 @@ class OipRoute(APIRoute):
 
 
 router = APIRouter(prefix="/v2", tags=["v2"], route_class=OipRoute)
-Predict = Callable[[Any, Any, Serving], Awaitable[list[dict[str, Any]]]]
 
 
 def _errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": v2.V2Error} for code in status_codes}
 
 
-def _no_keys(model: Any) -> dict[str, list[str]]:
-    return {}
-
-
 @dataclass(frozen=True)
 class Served:
-    """One model of this dialect: its native schemas, and its native checks and predictor."""
+    """One domain in this dialect: its input tensors (the instance's fields) and dynamic outputs."""
 
-    request: type[BaseModel]
-    instance: type[BaseModel]
-    prediction: type[BaseModel]
-    predict: Predict
-    # Keys of the prediction's mappings of intervals, which name outputs (CPU: each suite's benchmarks).
-    keys: Callable[[Any], dict[str, list[str]]] = _no_keys
-    inputs: tuple[v2.InputSpec, ...] = field(init=False)
-    dynamic: tuple[str, ...] = field(init=False)
+    domain: Domain
+    inputs: tuple[v2.InputSpec, ...]
+    dynamic: tuple[str, ...]
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "inputs", v2.input_specs(self.instance))
-        object.__setattr__(self, "dynamic", v2.dynamic_fields(self.prediction))
+    @classmethod
+    @cache
+    def of(cls, domain: Domain) -> Served:
+        return cls(domain, v2.input_specs(domain.instance), v2.dynamic_fields(domain.prediction))
 
     def outputs(self, keys: dict[str, list[str]]) -> tuple[v2.OutputSpec, ...]:
-        return v2.output_specs(self.prediction, tuple((f, tuple(keys.get(f, ()))) for f in self.dynamic))
+        return v2.output_specs(
+            self.domain.prediction, tuple((f, tuple(keys.get(f, ()))) for f in self.dynamic)
+        )
 
 
-async def _batched(serving: Serving, key: Hashable, instances: list[Any], run: Callable[..., Any]) -> Any:
-    if len(instances) > MICRO_BATCH_MAX_INSTANCES:
-        return await run_in_threadpool(run, instances)
-    return await serving.batcher.submit(key, instances, run)
-
-
-def _input_problem(path: str, reason: str) -> v2.TensorError:
-    """A native field path (``instances.3.device``) as the input tensor and row it came from."""
-    parts = path.split(".")
-    if len(parts) >= 3 and parts[0] == "instances":
-        return v2.bad(f"inputs.{parts[2]}.{parts[1]}", f"input {parts[2]!r} row {parts[1]}: {reason}")
-    return v2.bad("inputs", f"inputs: {reason}")
-
-
-async def _gemm(request: Any, model: Any, serving: Serving) -> list[dict[str, Any]]:
-    try:
-        gemm.resolve_devices(request.instances, serving.catalog, gemm.model_devices(model))
-    except gemm.UnknownDeviceError as exc:
-        raise _input_problem(f"instances.{exc.index}.device", str(exc)) from exc
-    run = partial(gemm.predict, coverage=request.coverage, model=model, catalog=serving.catalog)
-    rows: list[dict[str, Any]] = await _batched(
-        serving, ("v2", "gemm", id(model), request.coverage), request.instances, run
-    )
-    return rows
-
-
-async def _cpu(request: Any, model: Any, serving: Serving) -> list[dict[str, Any]]:
-    try:
-        cpu.get_suite(model, request.suite)
-    except cpu.UnknownSuiteError as exc:
-        raise v2.bad("parameters.suite", f"parameter 'suite': {exc}") from exc
-    try:
-        cpu.check_instances(request.instances)
-    except cpu.InvalidSpecError as exc:
-        raise _input_problem(exc.field, str(exc)) from exc
-    run = partial(cpu.predict, coverage=request.coverage, suite=request.suite, model=model)
-    rows: list[dict[str, Any]] = await _batched(
-        serving, ("v2", "cpu", id(model), request.coverage, request.suite), request.instances, run
-    )
-    return rows
-
-
-def _cpu_keys(model: Any) -> dict[str, list[str]]:
-    suites = cpu.benchmarks(model)["suites"]
-    return {"benchmarks": list(dict.fromkeys(b for names in suites.values() for b in names))}
-
-
-async def _mlir(request: Any, model: Any, serving: Serving) -> list[dict[str, Any]]:
-    try:
-        mlir.check_instances(request.instances, serving.settings.max_program_bytes)
-    except mlir.ProgramError as exc:
-        problem = _input_problem(f"instances.{exc.index}.mlir", str(exc))
-        raise v2.TensorError(problem.problems, 413 if exc.status == 413 else 400) from exc
-    rows: list[dict[str, Any]] = await run_in_threadpool(
-        mlir.predict, request.instances, request.coverage, model
-    )
-    return rows
-
-
-SERVED: dict[str, Served] = {
-    "gemm": Served(GemmPredictRequest, GemmInstance, GemmPrediction, _gemm),
-    "cpu": Served(CpuPredictRequest, CpuInstance, CpuPrediction, _cpu, _cpu_keys),
-    "mlir": Served(MlirPredictRequest, MlirInstance, MlirPrediction, _mlir),
-}
+def _request_problem(exc: RequestError) -> v2.TensorError:
+    """A domain's refusal as this dialect's error: a native instance field (``instances.3.device``) as the
+    input tensor and row it came from, any other field as the request parameter; 413 stays 413, anything
+    else is a bad request (400)."""
+    parts = exc.field.split(".")
+    status = 413 if exc.status == 413 else 400
+    if parts[0] != "instances":
+        return v2.bad(f"parameters.{exc.field}", f"parameter {exc.field!r}: {exc}", status)
+    if len(parts) >= 3:
+        return v2.bad(f"inputs.{parts[2]}.{parts[1]}", f"input {parts[2]!r} row {parts[1]}: {exc}", status)
+    return v2.bad("inputs", f"inputs: {exc}", status)
 
 
 def _resolve(name: str, version: str | None, serving: Serving) -> tuple[Served, Any]:
     """The model of that name, loaded (503 with why not), at that version if one is named (404)."""
-    served = SERVED.get(name)
-    if served is None:
-        raise v2.bad("name", f"model {name!r} is unknown; this server has: {', '.join(SERVED)}", 404)
+    domain = serving.domains.get(name)
+    if domain is None:
+        known = ", ".join(serving.domains.names)
+        raise v2.bad("name", f"model {name!r} is unknown; this server has: {known}", 404)
+    served = Served.of(domain)
     model = require_model(serving.snapshot, name, serving.first_start)
     if version is not None and version != model.version:
         raise v2.bad(
@@ -209,7 +144,7 @@ def _metadata(name: str, served: Served, model: Any) -> dict[str, Any]:
             if info.is_required()
             else {"default": info.get_default(call_default_factory=True)}
         )
-        for key, info in served.request.model_fields.items()
+        for key, info in served.domain.request.model_fields.items()
         if key != "instances"
     }
     return {
@@ -217,7 +152,7 @@ def _metadata(name: str, served: Served, model: Any) -> dict[str, Any]:
         "versions": [model.version],
         "platform": "perfcost/" + "+".join(estimators),
         "inputs": [s.metadata().model_dump() for s in served.inputs],
-        "outputs": [s.metadata().model_dump() for s in served.outputs(served.keys(model))],
+        "outputs": [s.metadata().model_dump() for s in served.outputs(served.domain.output_keys(model))],
         "parameters": {"request_parameters": parameters, "missing_values": v2.NAN_NOTE},
     }
 
@@ -294,10 +229,15 @@ async def _infer(http_request: Request, name: str, version: str | None, serving:
     request = v2.parse_request(data)
     n = v2.check_inputs(request, served.inputs, name)
     check_batch(n, serving.settings)
-    parameters = v2.model_parameters(request, served.request, name)
+    parameters = v2.model_parameters(request, served.domain.request, name)
     rows = v2.instance_rows(request, binary, served.inputs, n)
-    native = v2.native_request(served.request, rows, parameters)
-    predictions = await served.predict(native, model, serving)
+    native = v2.native_request(served.domain.request, rows, parameters)
+    try:
+        if served.domain.precheck is not None:
+            served.domain.precheck(native, serving)
+        predictions = await dispatch.predict(served.domain, native, model, serving)
+    except RequestError as exc:
+        raise _request_problem(exc) from exc
     keys = {
         f: list(dict.fromkeys(k for row in predictions for k in row.get(f) or {})) for f in served.dynamic
     }

@@ -1,17 +1,14 @@
-"""Model cards as types: what a published version's ``card.json`` holds and the service reads.
-
-The common part is checked when any version loads; a domain's part when its registry entry loads it (the
-domain contract's ``check_card``), so a card missing a field the domain reads, or holding one of the wrong
-type, is refused at load naming the field, not at the first request. Domains read their card through
-:func:`card_of`, parsed once per loaded version."""
+"""Model cards as types: what a published version's ``card.json`` holds and the service reads. The common part
+is checked when any version loads; a domain's part (its ``card_type``, a subclass of :class:`Card` in the
+domain's package) when its registry entry loads it, so a card missing a field the domain reads, or holding
+one of the wrong type, is refused at load naming the field, not at the first request. Domains read their
+card through :meth:`~service.core.model.TabularModel.typed_card`, parsed once per loaded version."""
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from service.core.devices import DeviceSpec
 
 
 class Card(BaseModel):
@@ -30,35 +27,6 @@ class Card(BaseModel):
     libraries: dict[str, str] = Field(default_factory=dict)
     trained_at: str | None = None
     training_seconds: float | None = None
-
-
-class GemmProfile(BaseModel):
-    """What the training data covered: numeric ranges, categories, and per device the largest GEMM."""
-
-    ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
-    categories: dict[str, list[str]] = Field(default_factory=dict)
-    device_max_flops: dict[str, float] = Field(default_factory=dict)
-
-
-class GemmCard(Card):
-    devices: list[DeviceSpec] = Field(default_factory=list)
-    profile: GemmProfile = Field(default_factory=GemmProfile)
-    # Rows a user's device was calibrated with (perfcost calibrate gemm), each with its file's sha256.
-    calibrations: list[dict[str, Any]] = Field(default_factory=list)
-    calibrated_from: str | None = None
-
-
-class CpuCard(Card):
-    # Per suite, its target names ("<suite>/<benchmark>", "<suite>/score"); each target's file stem.
-    suites: dict[str, list[str]] = Field(default_factory=dict)
-    target_keys: dict[str, str] = Field(default_factory=dict)
-    score: dict[str, Any] = Field(default_factory=dict)
-    profile: dict[str, Any] = Field(default_factory=dict)
-
-
-class MlirCard(Card):
-    device: str = "local CPU"
-    profile: dict[str, Any] = Field(default_factory=dict)
 
 
 C = TypeVar("C", bound=Card)

@@ -13,6 +13,7 @@ from fastapi import Depends, HTTPException, Request
 
 from service.core.batching import MicroBatcher
 from service.core.devices import DeviceCatalog
+from service.core.domain import Domains
 from service.core.first_start import FirstStart
 from service.core.model import TabularModel
 from service.core.registry import ModelRegistry, Snapshot
@@ -46,6 +47,7 @@ class Serving:
     catalog: DeviceCatalog
     batcher: MicroBatcher
     first_start: FirstStart
+    domains: Domains
 
 
 def serving_of(request: Request) -> Serving:
@@ -55,7 +57,14 @@ def serving_of(request: Request) -> Serving:
     resolution was 15% of the server's CPU time for a one-instance request (profiled under 16 clients),
     more than the features, the model and the intervals together."""
     state = request.app.state
-    return Serving(state.registry.snapshot, state.settings, state.catalog, state.batcher, state.first_start)
+    return Serving(
+        state.registry.snapshot,
+        state.settings,
+        state.catalog,
+        state.batcher,
+        state.first_start,
+        state.registry.domains,
+    )
 
 
 async def get_serving(request: Request) -> Serving:

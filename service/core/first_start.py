@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from service.core.settings import Settings
@@ -22,16 +22,19 @@ from service.core.settings import Settings
 log = logging.getLogger(__name__)
 
 STATUS_FILE = ".first-start.json"
-DEFAULTS = ("gemm", "mlir", "cpu")
 POLL_S = 1.0
 # Settings the training process must share with the service (it reads its own from the environment).
 SHARED_SETTINGS = ("model_dir", "data_home", "data_mirror", "bundled_data_dir", "device_dir")
 
 
 class FirstStart:
-    def __init__(self, settings: Settings, reload: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, settings: Settings, reload: Callable[[], Awaitable[None]], defaults: Sequence[str]
+    ) -> None:
         self.settings = settings
         self.reload = reload
+        # The domains whose default model first start trains when none is published.
+        self.defaults = tuple(defaults)
         self.status_path = settings.model_dir / STATUS_FILE
         self.process: asyncio.subprocess.Process | None = None
         # The models this service asked first start for (None: it asked for none).
@@ -51,7 +54,7 @@ class FirstStart:
 
     def reason(self, name: str) -> str | None:
         """Why model ``name`` is not served yet, as far as first start knows."""
-        if self.note is not None and name in DEFAULTS:
+        if self.note is not None and name in self.defaults:
             return self.note
         doc = self.status()
         entry = (doc or {}).get("models", {}).get(name)
@@ -72,7 +75,7 @@ class FirstStart:
 
     def start(self, loaded: set[str]) -> None:
         """Train what is missing; also when nothing is, to check the served models against the data."""
-        missing = [name for name in DEFAULTS if name not in loaded]
+        missing = [name for name in self.defaults if name not in loaded]
         if importlib.util.find_spec("training") is None:
             if not missing:
                 return
@@ -84,7 +87,7 @@ class FirstStart:
             return
         self.status_path.unlink(missing_ok=True)
         self.missing = missing
-        self._task = asyncio.get_running_loop().create_task(self._run(list(DEFAULTS)))
+        self._task = asyncio.get_running_loop().create_task(self._run(list(self.defaults)))
 
     async def _run(self, names: list[str]) -> None:
         env = dict(os.environ)

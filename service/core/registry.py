@@ -1,6 +1,6 @@
 """Model registry over a directory: the newest good version of each model, swapped atomically on reload.
 
-Each model's card names its domain, whose contract (:mod:`service.domains.contracts`) it must meet.
+Each model's card names its domain, whose contract (:class:`~service.core.domain.Domain`) it must meet.
 A version that fails to load (missing or tampered file, feature mismatch) is refused and recorded; the
 newest version that loads is served, so a bad publish never takes down a good model. Requests take one
 :class:`Snapshot` and use it throughout, so a reload in the middle of a request can neither fail it nor
@@ -18,13 +18,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from service.core.domain import Domain
+from service.core.domain import Domains
 from service.core.model import CARD, ModelLoadError, TabularModel, list_versions
 
 log = logging.getLogger(__name__)
 
 
-def load_version(version_dir: Path, domains: dict[str, Domain]) -> TabularModel:
+def load_version(version_dir: Path, domains: Domains) -> TabularModel:
     """One published version, loaded and checked against the contract of the domain its card names;
     :class:`ModelLoadError` saying why it cannot be served otherwise."""
     try:
@@ -35,11 +35,10 @@ def load_version(version_dir: Path, domains: dict[str, Domain]) -> TabularModel:
     if spec is None:
         raise ModelLoadError(f"card names unknown domain {domain!r}")
     model = TabularModel(version_dir, spec.feature_version, spec.columns, spec.at_split).load()
-    if spec.check_card is not None:
-        try:
-            spec.check_card(model.card)
-        except ValueError as exc:
-            raise ModelLoadError(f"{version_dir}: {exc}") from exc
+    try:
+        spec.check_card_fields(model.card)
+    except ValueError as exc:
+        raise ModelLoadError(f"{version_dir}: {exc}") from exc
     return model
 
 
@@ -63,7 +62,7 @@ class Snapshot:
 @dataclass
 class ModelRegistry:
     model_dir: Path
-    domains: dict[str, Domain]
+    domains: Domains
     _snapshot: Snapshot = field(default_factory=lambda: Snapshot(MappingProxyType({})))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -234,9 +234,9 @@ def test_body_over_the_limit_is_413(model_dir: Path) -> None:
 def test_api_and_in_process_predictions_are_identical(client: TestClient, model_dir: Path) -> None:
     from service.core.devices import DeviceCatalog
     from service.core.registry import ModelRegistry
+    from service.domains import DOMAINS
     from service.domains.gemm import runtime as gemm
     from service.domains.gemm.schemas import GemmInstance
-    from service.domains.registry import DOMAINS
 
     instances = [{**GOOD, "m": m, "k": k} for m in (64, 700, 4096) for k in (128, 2048)]
     api = predict(client, *instances).json()["predictions"]

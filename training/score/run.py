@@ -32,7 +32,7 @@ from tqdm import tqdm
 from service.core.devices import DeviceCatalog
 from service.core.model import CARD, ModelLoadError, TabularModel, file_sha256
 from service.core.registry import ModelRegistry, load_version
-from service.domains.registry import DOMAINS
+from service.domains import DOMAINS
 from training.domains.gemm.score import check_columns, output_schema, score_chunk
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from service.core.cards import CpuCard
 from service.core.model import TabularModel
 from service.domains.cpu import features
+from service.domains.cpu.cards import CpuCard
 from service.domains.cpu.schemas import CpuInstance
 
 SCORE = "score"

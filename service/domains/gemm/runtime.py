@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from service.core.cards import GemmCard
 from service.core.devices import DeviceCatalog, DeviceError, DeviceSpec
 from service.core.model import Prediction, TabularModel, member_of
 from service.domains.gemm import features
+from service.domains.gemm.cards import GemmCard
 from service.domains.gemm.schemas import GemmInstance
 
 TARGETS = ("runtime_ms", "power_w", "energy_j")

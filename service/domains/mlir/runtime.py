@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from service.core.cards import MlirCard, parse_card
 from service.core.model import TabularModel
 from service.domains.mlir import features
+from service.domains.mlir.cards import MlirCard
 from service.domains.mlir.schemas import MlirInstance
 
 TARGETS = ("runtime_ms", "instructions", "vector_registers", "spills", "utilization")
@@ -69,10 +69,8 @@ def target_scale(values: np.ndarray, offset: float, ceiling: float = math.inf) -
 
 
 def check_card(card: dict[str, Any]) -> None:
-    """What the MLIR domain reads from a card beyond the columns: its typed fields, runtime baseline and
-    each target's ceiling; :class:`ValueError` naming the field when one is unusable (the registry refuses
-    the version)."""
-    parse_card(card, MlirCard)
+    """What the MLIR domain reads from a card beyond its type: the runtime baseline and each target's
+    ceiling; :class:`ValueError` naming the field when one is unusable (the registry refuses the version)."""
     features.RuntimeBaseline.from_card(card)
     for target, spec in card.get("targets", {}).items():
         if "ceiling" in spec:

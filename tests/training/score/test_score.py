@@ -22,9 +22,9 @@ from service.app import create_app
 from service.core.devices import DeviceCatalog
 from service.core.registry import ModelRegistry
 from service.core.settings import Settings
+from service.domains import DOMAINS
 from service.domains.gemm import runtime as gemm
 from service.domains.gemm.schemas import GemmInstance
-from service.domains.registry import DOMAINS
 from training.cli import app as cli
 from training.core.cluster import dask_client
 from training.domains.gemm.score import INTERVAL_COLUMNS, score_chunk

@@ -21,10 +21,11 @@ import pandas as pd
 import typer
 from rich.console import Console
 
-from service.core.cards import GemmCard, parse_card
+from service.core.cards import parse_card
 from service.core.devices import DeviceCatalog, DeviceError, DeviceSpec, read_device_file
 from service.core.model import CARD, file_sha256, list_versions
 from service.core.settings import Settings
+from service.domains.gemm.cards import GemmCard
 from training.core.datasets import DatasetError
 from training.core.publish import publish
 from training.core.report import LoadReport

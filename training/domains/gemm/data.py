@@ -23,6 +23,7 @@ import pandas as pd
 from service.core.devices import DeviceCatalog, DeviceSpec
 from service.core.model import file_sha256
 from service.core.settings import Settings
+from service.domains.gemm import DOMAIN as GEMM
 from service.domains.gemm.dtypes import QUANTIZED_ACTIVATION_DTYPES
 from service.domains.gemm.features import (
     CLTUNE_FIELDS,
@@ -33,7 +34,6 @@ from service.domains.gemm.features import (
     OPS,
     SIZE_FIELDS,
 )
-from service.domains.registry import GEMM
 from training.core.datasets import REGISTRY, DatasetError, fetch, get_spec
 from training.core.report import LoadReport, parse_boolean, positive_mask
 from training.domains.gemm.aiconfigurator import load_aiconfigurator

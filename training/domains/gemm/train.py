@@ -17,9 +17,9 @@ from rich.console import Console
 
 from service.core.devices import DeviceSpec
 from service.core.settings import Settings
+from service.domains.gemm import DOMAIN as GEMM
 from service.domains.gemm import features as gemm_features
 from service.domains.gemm import runtime as gemm_domain
-from service.domains.registry import GEMM
 from training.core.cluster import ClusterError, training_on_cluster
 from training.core.datasets import DatasetError, get_spec, is_available
 from training.core.models import REGIMES, CostRegressor

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from service.domains.registry import MLIR
+from service.domains.mlir import DOMAIN as MLIR
 from training.collect.mlir.records import ENVIRONMENT_FILE, PROGRAMS, read_records
 from training.core.datasets import DatasetError
 from training.core.report import LoadReport

@@ -9,8 +9,8 @@ versions of the framework measured (one campaign each). For every measurement in
   expected to do better than this on another campaign of the same GPU and framework.
 
 Median and mean (and p90) per GPU and dtype, per GPU, framework and dtype, per framework, and overall
-(also without the rows the default training set leaves out, see training.data.aiconfigurator); written as
-JSON. The data come through the registry (PERFCOST_DATA_MIRROR or the cache).
+(also without the rows the default training set leaves out, see training.domains.gemm.aiconfigurator);
+written as JSON. The data come through the registry (PERFCOST_DATA_MIRROR or the cache).
 
     python benchmarks/aiconfigurator_noise.py --output reports/aiconfigurator-noise.json
 """
@@ -30,7 +30,8 @@ import pandas as pd
 from service.core.settings import Settings
 from training.core.datasets import DatasetError, fetch, get_spec
 from training.core.report import LoadReport
-from training.domains.gemm.aiconfigurator import DATASET, DEFAULT_EXCLUDED, load_aiconfigurator_campaigns
+from training.domains.gemm.aiconfigurator import DEFAULT_EXCLUDED
+from training.domains.gemm.aiconfigurator_campaigns import DATASET, load_aiconfigurator_campaigns
 
 log = logging.getLogger("aiconfigurator_noise")
 

@@ -4,8 +4,8 @@ Both servers run on loopback during the race and serve the GEMM runtime model's 
 (``runtime_ms.lgb.txt`` of the model version):
 
 * MLServer (``mlserver_lightgbm.LightGBMModel``, its defaults) gets precomputed features, the float32 rows
-  perfcost's feature module builds for the same instances (``service.features.gemm.featurize``), as one
-  FP32 tensor ``[N, n_features]`` via V2 REST ``POST /v2/models/<name>/infer``; it runs the trees, nothing
+  perfcost's feature module builds for the same instances (``service.domains.gemm.features.featurize``), as
+  one FP32 tensor ``[N, n_features]`` via V2 REST ``POST /v2/models/<name>/infer``; it runs the trees, nothing
   else.
 * perfcost (``python -m service``) gets the native ``POST /v1/gemm/predict`` with the GEMM fields and does
   its full work: device lookup, features, every target (runtime and power) with intervals, OOD checks,
@@ -638,9 +638,9 @@ PROFILE_GROUPS = (
     ("uvicorn (HTTP parsing, protocol)", ("uvicorn", "httptools", "h11")),
     ("starlette / fastapi (routing, middleware, responses)", ("starlette", "fastapi")),
     ("pydantic (request validation)", ("pydantic",)),
-    ("perfcost features", ("service/features",)),
+    ("perfcost features", ("service/domains/gemm/features", "service/domains/gemm/physics")),
     ("perfcost domain (devices, OOD, intervals, rows)", ("service/domains",)),
-    ("perfcost model runtime", ("service/model.py",)),
+    ("perfcost model runtime", ("service/core/model.py", "service/core/targets.py")),
     ("perfcost app, routers, batcher", ("service/",)),
     ("onnxruntime", ("onnxruntime",)),
     ("numpy", ("numpy",)),
@@ -730,7 +730,7 @@ def profile_server(
     model_calls = sum(
         primitive
         for (filename, _, name), (primitive, *_) in stats.stats.items()  # type: ignore[attr-defined]
-        if filename.endswith("service/batching.py") and name == "_run_chunk"
+        if filename.endswith("service/core/batching.py") and name == "_run_chunk"
     )
     return {
         "client": kind,

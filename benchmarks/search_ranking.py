@@ -42,7 +42,7 @@ def main() -> None:
         train, test = frame.iloc[train_idx], frame.iloc[test_idx]
         fit = fit_gemm(train, data.devices)
         with tempfile.TemporaryDirectory() as tmp:
-            path = publish(Path(tmp), "gemm", gemm_card(train, data.devices, [], 0.0), fit.models)
+            path = publish(Path(tmp), "gemm", GEMM, gemm_card(train, data.devices, [], 0.0), fit.models)
             model = TabularModel(path, GEMM.feature_version, GEMM.columns, GEMM.at_split).load()
             for _, group in test.groupby(["m", "n", "k", *VARIANT], dropna=False):
                 first = group.iloc[0]

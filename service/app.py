@@ -8,9 +8,9 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -245,14 +245,8 @@ def _add_routes(app: FastAPI, metrics: Metrics, domains: Domains) -> None:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(settings: Settings | None = None, domains: Domains = DOMAINS) -> FastAPI:
-    """The service over ``settings`` (default: from the environment) serving ``domains`` (default: every
-    registered one; a user's or a test's own domain is served by passing ``DOMAINS.with_domain(...)``)."""
-    settings = settings or Settings()
-    registry = ModelRegistry(settings.model_dir, domains)
-    catalog = DeviceCatalog.default(settings.device_dir)
-    metrics = Metrics()
-
+def _reloader(registry: ModelRegistry, metrics: Metrics) -> Callable[[], Coroutine[Any, Any, None]]:
+    """The app's reload: the registry's newest good versions swapped in, off the event loop."""
     # Every load runs on this one thread, so model memory comes from and returns to one malloc arena. It
     # lives as long as the app: a lifespan may run more than once (each test client enters it anew).
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perfcost-loader")
@@ -267,7 +261,16 @@ def create_app(settings: Settings | None = None, domains: Domains = DOMAINS) -> 
     async def reload() -> None:
         await asyncio.get_running_loop().run_in_executor(loader, reload_now)
 
-    first_start = FirstStart(settings, reload, [d.name for d in domains if d.default])
+    return reload
+
+
+def _lifespan(
+    settings: Settings,
+    registry: ModelRegistry,
+    first_start: FirstStart,
+    reload: Callable[[], Coroutine[Any, Any, None]],
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Load the models, train the missing defaults if asked, reload on SIGHUP; stop first start at exit."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -285,6 +288,17 @@ def create_app(settings: Settings | None = None, domains: Domains = DOMAINS) -> 
             loop.remove_signal_handler(signal.SIGHUP)
         await first_start.stop()
 
+    return lifespan
+
+
+def create_app(settings: Settings | None = None, domains: Domains = DOMAINS) -> FastAPI:
+    """The service over ``settings`` (default: from the environment) serving ``domains`` (default: every
+    registered one; a user's or a test's own domain is served by passing ``DOMAINS.with_domain(...)``)."""
+    settings = settings or Settings()
+    registry = ModelRegistry(settings.model_dir, domains)
+    metrics = Metrics()
+    reload = _reloader(registry, metrics)
+    first_start = FirstStart(settings, reload, [d.name for d in domains if d.default])
     # FastAPI's native OpenTelemetry checks the global providers on every request even when none is set
     # up: off unless asked for (16-client p50 on this 2-core machine: 8.1 → 6.5 ms without the checks).
     otel = settings.opentelemetry
@@ -293,13 +307,13 @@ def create_app(settings: Settings | None = None, domains: Domains = DOMAINS) -> 
         title="perfcost",
         version=__version__,
         description="Predicts runtime, power, energy, utilization and cost of compute before it runs.",
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, registry, first_start, reload),
         telemetry={"tracing": otel, "metrics": otel, "logs": otel, "operation_spans": otel},
     )
     app.openapi = add_body_schemas(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.registry = registry
-    app.state.catalog = catalog
+    app.state.catalog = DeviceCatalog.default(settings.device_dir)
     app.state.batcher = MicroBatcher()
     app.state.reload = reload
     app.state.first_start = first_start

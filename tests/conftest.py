@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from service.core.settings import Settings
+from service.domains.cpu import DOMAIN as CPU
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "datasets"
@@ -75,7 +76,7 @@ def cpu_model_dir(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Pat
     models = fit_spec_suite(train, CPU_SUITE, list(CPU_BENCHMARKS))
     fitted = {target_stem(name): pair for name, pair in models.items()}
     subset = SpecData(suites={CPU_SUITE: data.suites[CPU_SUITE]}, report=data.report, files=data.files)
-    publish(root / "models", "cpu", cpu_card(subset, fitted, 0.0), fitted)
+    publish(root / "models", "cpu", CPU, cpu_card(subset, fitted, 0.0), fitted)
     return root / "models"
 
 

@@ -6,11 +6,19 @@ the README and CI run.
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
+import sys
 from pathlib import Path
+from unittest import mock
 
 import lightgbm
 import pytest
+
+import service.__main__ as service_main
+from service.app import app_from_env
+from training import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,12 +58,26 @@ def test_quick_start_is_two_commands_and_ci_runs_the_test_one() -> None:
     assert "python -m pytest -q" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_image_runs_the_service_entry_point_that_perfcost_serve_hands_over_to() -> None:
+def test_image_runs_the_service_entry_point_that_perfcost_serve_hands_over_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``perfcost serve`` replaces itself with ``python -m service``, which runs uvicorn on the app factory;
+    the image's entry point is that same module."""
+    executed: list[tuple[str, list[str], dict[str, str]]] = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: executed.append((path, argv, env)))
+    serve.serve(host="0.0.0.0", port=9000, workers=None, train_if_empty=False)
+    assert executed == [
+        (sys.executable, [sys.executable, "-m", "service", "--host=0.0.0.0", "--port=9000"], mock.ANY)
+    ]
+    assert executed[0][2]["PERFCOST_TRAIN_MISSING"] == "false"
+    ran: list[tuple[str, dict[str, object]]] = []
+    monkeypatch.setattr(service_main.uvicorn, "run", lambda app, **options: ran.append((app, options)))
+    service_main.serve(port=9001)
+    [(factory, options)] = ran
+    module, attribute = factory.split(":")
+    assert getattr(importlib.import_module(module), attribute) is app_from_env
+    assert options["factory"] is True and options["port"] == 9001
     dockerfile = (ROOT / "Dockerfile").read_text()
-    serve = (ROOT / "training" / "serve.py").read_text()
-    entry = (ROOT / "service" / "__main__.py").read_text()
-    assert 'APP_FACTORY = "service.app:app_from_env"' in entry and "factory=True" in entry
-    assert '[sys.executable, "-m", "service", *passed]' in serve
     assert 'ENTRYPOINT ["python", "-m", "service"]' in dockerfile
     runtime = dockerfile.split("AS runtime", 1)[1]
     assert "training" not in runtime.replace("needs no training code", ""), (

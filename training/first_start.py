@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,17 +20,9 @@ from joblib.externals.loky import get_reusable_executor
 from service.core.registry import ModelRegistry
 from service.core.settings import Settings
 from service.domains import DOMAINS
-from training.core.datasets import get_spec, is_available
-from training.domains.cpu.train import train_cpu_model
-from training.domains.gemm.data import available_gemm_datasets
-from training.domains.gemm.train import default_gemm_datasets, train_gemm_model
-from training.domains.mlir.data import DEFAULT_DIR
-from training.domains.mlir.train import train_mlir_model
+from training.domains import trainings
 
 log = logging.getLogger(__name__)
-
-MLIR_DATASET = DEFAULT_DIR.name
-ORDER = ("gemm", "mlir", "cpu")
 
 
 class Progress:
@@ -66,66 +58,29 @@ class Progress:
         os.replace(staging, self.path)
 
 
-def _gemm(settings: Settings) -> str:
-    datasets = default_gemm_datasets(settings)
-    train_gemm_model(datasets, settings)
-    skipped = [name for name in available_gemm_datasets(settings) if name not in datasets]
-    note = f"; skipped (not cached or mirrored): {', '.join(skipped)}" if skipped else ""
-    return f"trained on {', '.join(datasets)}{note}"
-
-
-def _mlir(settings: Settings) -> str:
-    data = settings.bundled_data_dir / MLIR_DATASET  # present: why_not checked it
-    train_mlir_model(settings, data, quick=True)
-    return f"trained on {data} (first-start configuration; 'perfcost train mlir' fits the full one)"
-
-
-def _cpu(settings: Settings) -> str:
-    train_cpu_model(settings)
-    return "trained on spec-cpu2017"
-
-
-TRAINERS: dict[str, Callable[[Settings], str]] = {"gemm": _gemm, "mlir": _mlir, "cpu": _cpu}
-
-
-def why_not(name: str, settings: Settings) -> str | None:
-    """Why a default model cannot be trained here (None: it can)."""
-    if name == "mlir" and not (settings.bundled_data_dir / MLIR_DATASET / "programs.jsonl.gz").is_file():
-        return f"no bundled MLIR programs in {settings.bundled_data_dir / MLIR_DATASET}"
-    if name == "cpu" and not is_available(get_spec("spec-cpu2017"), settings):
-        return (
-            "spec-cpu2017 is neither cached nor mirrored; run 'perfcost data fetch spec-cpu2017' (or set "
-            "PERFCOST_DATA_MIRROR), then 'perfcost train cpu' and reload, to serve /v1/cpu/predict"
-        )
-    return None
-
-
 def ensure_default_models(
-    settings: Settings, status: Path | None = None, only: Sequence[str] = ORDER
+    settings: Settings, status: Path | None = None, only: Sequence[str] | None = None
 ) -> dict[str, Any]:
-    """Train each default model in ``only`` the directory has no servable version of (none, or only
-    versions this release refuses, such as ones built on older features): GEMM from bundled data plus
-    cached or mirrored public data, MLIR from the bundled programs, CPU when SPEC CPU2017 is cached or
-    mirrored (otherwise say how to add it). Returns the status document."""
+    """Train the default model of each domain in ``only`` (default: every registered one) that the
+    directory has no servable version of (none, or only versions this release refuses, such as ones built
+    on older features), unless its domain says why it cannot be trained here; say which served models
+    are out of date with the data on disk. Returns the status document."""
+    trainers = trainings()
+    wanted = [d.name for d in DOMAINS if d.default and (only is None or d.name in only)]
     servable = ModelRegistry(settings.model_dir, DOMAINS).reload().models
-    names = [name for name in ORDER if name in only and name not in servable]
+    names = [name for name in wanted if name not in servable]
     stale = {}
-    if "gemm" in only and "gemm" in servable:
-        trained = {d.get("name") for d in servable["gemm"].card.get("datasets", [])}
-        new = [d for d in default_gemm_datasets(settings) if d not in trained]
-        if new:
-            stale["gemm"] = (
-                f"version {servable['gemm'].version} was trained without {', '.join(new)}, which is now "
-                "cached or mirrored: run 'perfcost train gemm', then reload (POST /v1/admin/reload or "
-                "kill -HUP) to serve a model that knows it"
-            )
-            log.warning("the GEMM model is out of date: %s", stale["gemm"])
+    for name in wanted:
+        why = trainers[name].stale(servable[name], settings) if name in servable else None
+        if why is not None:
+            stale[name] = why
+            log.warning("the %s model is out of date: %s", name.upper(), why)
     progress = Progress(status, [*names, *stale])
     for name, detail in stale.items():
         progress.set(name, "stale", detail)
     failed = False
     for name in names:
-        reason = why_not(name, settings)
+        reason = trainers[name].why_not(settings)
         if reason is not None:
             log.warning("no %s model: %s", name.upper(), reason)
             progress.set(name, "skipped", reason)
@@ -133,7 +88,7 @@ def ensure_default_models(
         log.info("no %s model in %s: training one", name.upper(), settings.model_dir)
         progress.set(name, "training")
         try:
-            progress.set(name, "published", TRAINERS[name](settings))
+            progress.set(name, "published", trainers[name].first_start(settings))
         except Exception as exc:  # one domain failing must not keep the others from training
             log.exception("training the default %s model failed", name)
             progress.set(name, "failed", f"{type(exc).__name__}: {exc}")
@@ -144,15 +99,19 @@ def ensure_default_models(
 
 def main(
     status: Annotated[Path | None, typer.Option(help="Status file to keep up to date")] = None,
-    only: Annotated[str, typer.Option(help="Comma-separated models to consider")] = ",".join(ORDER),
+    only: Annotated[
+        str | None, typer.Option(help="Comma-separated models to consider (default: every domain)")
+    ] = None,
 ) -> None:
     """Train the default models the model directory (PERFCOST_MODEL_DIR) lacks."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    unknown = sorted(set(only.split(",")) - set(ORDER))
+    chosen = None if only is None else only.split(",")
+    unknown = sorted(set(chosen or ()) - set(DOMAINS.names))
     if unknown:
-        raise typer.BadParameter(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")
+        choices = ", ".join(DOMAINS.names)
+        raise typer.BadParameter(f"unknown model(s) {', '.join(unknown)}; choose from {choices}")
     try:
-        doc = ensure_default_models(Settings(), status, only.split(","))
+        doc = ensure_default_models(Settings(), status, chosen)
     finally:
         # The fits' worker processes, kept for reuse, would outlive this process by minutes otherwise.
         get_reusable_executor().shutdown(wait=True)

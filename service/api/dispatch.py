@@ -7,13 +7,15 @@ large, or on the event loop.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
 from service.core.deps import Serving, require_model
 from service.core.domain import Domain
-from service.core.model import TabularModel
+
+if TYPE_CHECKING:
+    from service.core.model import TabularModel
 
 
 def model_for(domain: Domain, request: Any, serving: Serving) -> TabularModel:

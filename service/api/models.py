@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request
 
 from service.core.deps import CatalogDep, RegistryDep, SettingsDep, SnapshotDep
-from service.core.model import TabularModel
-from service.core.registry import Snapshot
+
+if TYPE_CHECKING:
+    from service.core.model import TabularModel
+    from service.core.registry import Snapshot
 
 router = APIRouter(tags=["models"])
 

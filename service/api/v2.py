@@ -10,15 +10,12 @@ Errors answer OIP's ``{"error": ...}`` with the service's ``{"detail": [...]}`` 
 from __future__ import annotations
 
 import json
-import math
-import struct
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -30,7 +27,8 @@ from service.api import dispatch, health
 from service.core.deps import RegistryDep, Serving, ServingDep, check_batch, require_model, serving_of
 from service.core.domain import Domain, RequestError
 from service.core.routing import json_body, strict_json
-from service.oip import codec as v2
+from service.oip import codec, tensors
+from service.oip import schemas as oip
 
 MAX_PROBLEMS = 10
 
@@ -45,14 +43,14 @@ class OipRoute(APIRoute):
         async def answer(request: Request) -> Response:
             try:
                 return await handler(request)
-            except v2.TensorError as exc:
-                return JSONResponse(v2.error_body(exc.problems), status_code=exc.status)
+            except oip.TensorError as exc:
+                return JSONResponse(oip.error_body(exc.problems), status_code=exc.status)
             except HTTPException as exc:
                 detail = (
                     exc.detail if isinstance(exc.detail, list) else [{"field": "path", "reason": exc.detail}]
                 )
                 problems = [(str(d["field"]), str(d["reason"])) for d in detail[:MAX_PROBLEMS]]
-                return JSONResponse(v2.error_body(problems), status_code=exc.status_code)
+                return JSONResponse(oip.error_body(problems), status_code=exc.status_code)
 
         return answer
 
@@ -61,7 +59,7 @@ router = APIRouter(prefix="/v2", tags=["v2"], route_class=OipRoute)
 
 
 def _errors(*status_codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": v2.V2Error} for code in status_codes}
+    return {code: {"model": oip.V2Error} for code in status_codes}
 
 
 @dataclass(frozen=True)
@@ -69,31 +67,31 @@ class Served:
     """One domain in this dialect: its input tensors (the instance's fields) and dynamic outputs."""
 
     domain: Domain
-    inputs: tuple[v2.InputSpec, ...]
+    inputs: tuple[tensors.InputSpec, ...]
     dynamic: tuple[str, ...]
 
     @classmethod
     @cache
     def of(cls, domain: Domain) -> Served:
-        return cls(domain, v2.input_specs(domain.instance), v2.dynamic_fields(domain.prediction))
+        return cls(domain, tensors.input_specs(domain.instance), tensors.dynamic_fields(domain.prediction))
 
-    def outputs(self, keys: dict[str, list[str]]) -> tuple[v2.OutputSpec, ...]:
-        return v2.output_specs(
+    def outputs(self, keys: dict[str, list[str]]) -> tuple[tensors.OutputSpec, ...]:
+        return tensors.output_specs(
             self.domain.prediction, tuple((f, tuple(keys.get(f, ()))) for f in self.dynamic)
         )
 
 
-def _request_problem(exc: RequestError) -> v2.TensorError:
+def _request_problem(exc: RequestError) -> oip.TensorError:
     """A domain's refusal as this dialect's error: a native instance field (``instances.3.device``) as the
     input tensor and row it came from, any other field as the request parameter; 413 stays 413, anything
     else is a bad request (400)."""
     parts = exc.field.split(".")
     status = 413 if exc.status == 413 else 400
     if parts[0] != "instances":
-        return v2.bad(f"parameters.{exc.field}", f"parameter {exc.field!r}: {exc}", status)
+        return oip.bad(f"parameters.{exc.field}", f"parameter {exc.field!r}: {exc}", status)
     if len(parts) >= 3:
-        return v2.bad(f"inputs.{parts[2]}.{parts[1]}", f"input {parts[2]!r} row {parts[1]}: {exc}", status)
-    return v2.bad("inputs", f"inputs: {exc}", status)
+        return oip.bad(f"inputs.{parts[2]}.{parts[1]}", f"input {parts[2]!r} row {parts[1]}: {exc}", status)
+    return oip.bad("inputs", f"inputs: {exc}", status)
 
 
 def _resolve(name: str, version: str | None, serving: Serving) -> tuple[Served, Any]:
@@ -101,11 +99,11 @@ def _resolve(name: str, version: str | None, serving: Serving) -> tuple[Served, 
     domain = serving.domains.get(name)
     if domain is None:
         known = ", ".join(serving.domains.names)
-        raise v2.bad("name", f"model {name!r} is unknown; this server has: {known}", 404)
+        raise oip.bad("name", f"model {name!r} is unknown; this server has: {known}", 404)
     served = Served.of(domain)
     model = require_model(serving.snapshot, name, serving.first_start)
     if version is not None and version != model.version:
-        raise v2.bad(
+        raise oip.bad(
             "version",
             f"version {version!r} of model {name!r} is not served; version {model.version!r} is",
             404,
@@ -113,12 +111,12 @@ def _resolve(name: str, version: str | None, serving: Serving) -> tuple[Served, 
     return served, model
 
 
-@router.get("/health/live", response_model=v2.Liveness)
+@router.get("/health/live", response_model=oip.Liveness)
 async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", response_model=v2.Readiness, responses=_errors(503))
+@router.get("/health/ready", response_model=oip.Readiness, responses=_errors(503))
 async def ready(request: Request, registry: RegistryDep) -> JSONResponse:
     """Ready exactly when ``/readyz`` is (a model serves); otherwise 503 with its reason."""
     native = await health.readyz(request, registry)
@@ -126,13 +124,13 @@ async def ready(request: Request, registry: RegistryDep) -> JSONResponse:
         return JSONResponse({"ready": True})
     reason = str(json.loads(bytes(native.body)).get("reason", "not ready"))
     return JSONResponse(
-        {"ready": False, **v2.error_body([("server", reason)])}, status_code=native.status_code
+        {"ready": False, **oip.error_body([("server", reason)])}, status_code=native.status_code
     )
 
 
-@router.get("", response_model=v2.ServerMetadata)
+@router.get("", response_model=oip.ServerMetadata)
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "perfcost", "version": __version__, "extensions": list(v2.EXTENSIONS)}
+    return {"name": "perfcost", "version": __version__, "extensions": list(oip.EXTENSIONS)}
 
 
 def _metadata(name: str, served: Served, model: Any) -> dict[str, Any]:
@@ -153,11 +151,11 @@ def _metadata(name: str, served: Served, model: Any) -> dict[str, Any]:
         "platform": "perfcost/" + "+".join(estimators),
         "inputs": [s.metadata().model_dump() for s in served.inputs],
         "outputs": [s.metadata().model_dump() for s in served.outputs(served.domain.output_keys(model))],
-        "parameters": {"request_parameters": parameters, "missing_values": v2.NAN_NOTE},
+        "parameters": {"request_parameters": parameters, "missing_values": tensors.NAN_NOTE},
     }
 
 
-@router.get("/models/{name}", response_model=v2.ModelMetadata, responses=_errors(404, 503))
+@router.get("/models/{name}", response_model=oip.ModelMetadata, responses=_errors(404, 503))
 async def model_metadata(name: str, serving: ServingDep) -> dict[str, Any]:
     """Inputs (the instance fields, one column each) and outputs of the served version."""
     return _metadata(name, *_resolve(name, None, serving))
@@ -165,14 +163,14 @@ async def model_metadata(name: str, serving: ServingDep) -> dict[str, Any]:
 
 @router.get(
     "/models/{name}/versions/{version}",
-    response_model=v2.ModelMetadata,
+    response_model=oip.ModelMetadata,
     responses=_errors(404, 503),
 )
 async def model_version_metadata(name: str, version: str, serving: ServingDep) -> dict[str, Any]:
     return _metadata(name, *_resolve(name, version, serving))
 
 
-@router.get("/models/{name}/ready", response_model=v2.Readiness, responses=_errors(404, 503))
+@router.get("/models/{name}/ready", response_model=oip.Readiness, responses=_errors(404, 503))
 async def model_ready(name: str, serving: ServingDep) -> dict[str, Any]:
     _resolve(name, None, serving)
     return {"name": name, "ready": True}
@@ -180,7 +178,7 @@ async def model_ready(name: str, serving: ServingDep) -> dict[str, Any]:
 
 @router.get(
     "/models/{name}/versions/{version}/ready",
-    response_model=v2.Readiness,
+    response_model=oip.Readiness,
     responses=_errors(404, 503),
 )
 async def model_version_ready(name: str, version: str, serving: ServingDep) -> dict[str, Any]:
@@ -188,50 +186,21 @@ async def model_version_ready(name: str, version: str, serving: ServingDep) -> d
     return {"name": name, "ready": True}
 
 
-def _raw(datatype: str, column: list[Any]) -> bytes:
-    if datatype == "BYTES":
-        encoded = [v.encode("utf-8") for v in column]
-        return b"".join(struct.pack("<I", len(v)) + v for v in encoded)
-    return np.asarray(column, dtype=v2.FIXED[datatype]).tobytes()
-
-
-def _encode(
-    head: Mapping[str, Any], outputs: Sequence[tuple[v2.OutputSpec, bool, list[Any]]]
-) -> tuple[bytes, int | None]:
-    """The response body after ``head`` (model_name, model_version, id), and the JSON header's length
-    when binary tensor data follows it."""
-    tensors: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
-    for spec, binary, column in outputs:
-        tensor: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": [len(column)]}
-        if binary:
-            raw = _raw(spec.datatype, column)
-            tensor["parameters"] = {"binary_data_size": len(raw)}
-            chunks.append(raw)
-        elif spec.datatype == "FP64":
-            tensor["data"] = [None if math.isnan(v) else v for v in column]
-        else:
-            tensor["data"] = column
-        tensors.append(tensor)
-    header = json.dumps({**head, "outputs": tensors}, allow_nan=False, separators=(",", ":")).encode()
-    if not chunks:
-        return header, None
-    return header + b"".join(chunks), len(header)
-
-
 async def _infer(http_request: Request, name: str, version: str | None, serving: Serving) -> Response:
     served, model = _resolve(name, version, serving)
-    header, binary = v2.split_body(await http_request.body(), http_request.headers.get(v2.HEADER_LENGTH))
+    header, binary = codec.split_body(
+        await http_request.body(), http_request.headers.get(codec.HEADER_LENGTH)
+    )
     try:
         data = strict_json(header)
     except json.JSONDecodeError as exc:
-        raise v2.bad("body", f"the JSON header is not valid JSON: {exc.msg}") from exc
-    request = v2.parse_request(data)
-    n = v2.check_inputs(request, served.inputs, name)
+        raise oip.bad("body", f"the JSON header is not valid JSON: {exc.msg}") from exc
+    request = codec.parse_request(data)
+    n = codec.check_inputs(request, served.inputs, name)
     check_batch(n, serving.settings)
-    parameters = v2.model_parameters(request, served.domain.request, name)
-    rows = v2.instance_rows(request, binary, served.inputs, n)
-    native = v2.native_request(served.domain.request, rows, parameters)
+    parameters = codec.model_parameters(request, served.domain.request, name)
+    rows = codec.instance_rows(request, binary, served.inputs, n)
+    native = codec.native_request(served.domain.request, rows, parameters)
     try:
         if served.domain.precheck is not None:
             served.domain.precheck(native, serving)
@@ -241,23 +210,23 @@ async def _infer(http_request: Request, name: str, version: str | None, serving:
     keys = {
         f: list(dict.fromkeys(k for row in predictions for k in row.get(f) or {})) for f in served.dynamic
     }
-    chosen = v2.selected_outputs(request, served.outputs(keys), name)
+    chosen = codec.selected_outputs(request, served.outputs(keys), name)
     head = {"model_name": name, "model_version": model.version, "id": request.id or uuid.uuid4().hex}
-    columns = [(spec, as_binary, v2.output_column(spec, predictions)) for spec, as_binary in chosen]
-    body, header_length = _encode(head, columns)
+    columns = [(spec, as_binary, tensors.output_column(spec, predictions)) for spec, as_binary in chosen]
+    body, header_length = codec.encode_response(head, columns)
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(
-        body, media_type="application/octet-stream", headers={v2.HEADER_LENGTH: str(header_length)}
+        body, media_type="application/octet-stream", headers={codec.HEADER_LENGTH: str(header_length)}
     )
 
 
-INFER_BODY = json_body(v2.InferRequest)
+INFER_BODY = json_body(oip.InferRequest)
 INFER_ERRORS = _errors(400, 404, 413, 503)
 
 
 @router.post(
-    "/models/{name}/infer", openapi_extra=INFER_BODY, response_model=v2.InferResponse, responses=INFER_ERRORS
+    "/models/{name}/infer", openapi_extra=INFER_BODY, response_model=oip.InferResponse, responses=INFER_ERRORS
 )
 async def infer(http_request: Request, name: str) -> Response:
     """Predict the rows the input columns make. With Triton's binary tensor data extension the body is
@@ -268,7 +237,7 @@ async def infer(http_request: Request, name: str) -> Response:
 @router.post(
     "/models/{name}/versions/{version}/infer",
     openapi_extra=INFER_BODY,
-    response_model=v2.InferResponse,
+    response_model=oip.InferResponse,
     responses=INFER_ERRORS,
 )
 async def infer_version(http_request: Request, name: str, version: str) -> Response:

@@ -49,6 +49,28 @@ class Refusal:
     reason: str
 
 
+def newest_usable(
+    model_dir: Path,
+    name: str,
+    domains: Domains,
+    refused: list[Refusal] | None = None,
+    current: TabularModel | None = None,
+) -> TabularModel | None:
+    """The version of ``name`` the service serves: the newest that loads (``current`` when that is it, so
+    a reload does not load it again); each newer one that does not is logged and added to ``refused``.
+    Everything that picks "the model" (the registry, ``perfcost score``, ``perfcost calibrate``) uses this."""
+    for version_dir in reversed(list_versions(model_dir, name)):
+        if current is not None and version_dir.name == current.version:
+            return current
+        try:
+            return load_version(version_dir, domains)
+        except ModelLoadError as exc:
+            log.error("refusing %s version %s: %s", name, version_dir.name, exc)
+            if refused is not None:
+                refused.append(Refusal(name, version_dir.name, str(exc)))
+    return current
+
+
 @dataclass(frozen=True)
 class Snapshot:
     models: MappingProxyType[str, TabularModel]
@@ -70,19 +92,6 @@ class ModelRegistry:
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
-    def _load_newest(
-        self, name: str, current: TabularModel | None, refused: list[Refusal]
-    ) -> TabularModel | None:
-        for version_dir in reversed(list_versions(self.model_dir, name)):
-            if current is not None and version_dir.name == current.version:
-                return current
-            try:
-                return load_version(version_dir, self.domains)
-            except ModelLoadError as exc:
-                log.error("refusing %s version %s: %s", name, version_dir.name, exc)
-                refused.append(Refusal(name, version_dir.name, str(exc)))
-        return current
-
     def reload(self) -> Snapshot:
         """Load the newest good version of every model in the directory and swap them in at once."""
         with self._lock:
@@ -95,7 +104,7 @@ class ModelRegistry:
                 else []
             )
             for name in names:
-                model = self._load_newest(name, old.get(name), refused)
+                model = newest_usable(self.model_dir, name, self.domains, refused, old.get(name))
                 if model is not None:
                     models[name] = model
             self._snapshot = Snapshot(MappingProxyType(models), tuple(refused), time.time())

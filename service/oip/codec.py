@@ -1,10 +1,6 @@
-"""Open Inference Protocol v2 (the KServe / Triton / MLServer REST dialect): its wire schemas, and the
-mapping between its column tensors and a domain's instances and prediction rows.
-
-Nothing here is written per domain. Input tensors are the fields of the domain's instance schema (one
-column per field, ``[N]`` or ``[N, 1]``), typed from its JSON schema; output tensors are the fields of its
-prediction schema, an interval becoming ``X``, ``X_low`` and ``X_high``. The columns are turned back into
-rows and validated by the native request schema, so both dialects accept exactly the same instances.
+"""The Open Inference Protocol codec: an infer request's column tensors → rows the domain's native request
+schema validates (so both dialects accept exactly the same instances), and prediction rows → output
+tensors.
 
 Triton's binary tensor data extension is read and written here too: a body of a JSON header
 (``Inference-Header-Content-Length`` bytes) followed by each binary tensor's bytes, little-endian, BYTES
@@ -16,18 +12,16 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from functools import cache
-from typing import Annotated, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from service.core.schemas import ErrorDetail
+from service.oip.schemas import InferRequest, RequestInput, TensorError, bad
+from service.oip.tensors import InputSpec, OutputSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-EXTENSIONS = ("binary_tensor_data",)
 # Fixed-size datatypes this dialect reads and writes, as little-endian numpy dtypes.
 FIXED = {"BOOL": np.dtype("?"), "INT64": np.dtype("<i8"), "FP64": np.dtype("<f8")}
 # Request parameters the protocol or tritonclient may send that mean nothing to these models.
@@ -35,291 +29,7 @@ PROTOCOL_PARAMETERS = frozenset(
     {"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers"}
 )
 TRITON_PREFIX = "triton_"
-INTERVAL_PARTS = (("", "value"), ("_low", "low"), ("_high", "high"))
-NAN_NOTE = "NaN where the native route gives null (JSON data: null); the 'unavailable' output says why"
 MAX_REPORTED = 10
-
-
-class V2Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-Dim = Annotated[StrictInt, Field(ge=0)]
-
-
-class RequestInput(V2Model):
-    name: StrictStr
-    shape: list[Dim] = Field(min_length=1, max_length=2, description="[N] or [N, 1]")
-    datatype: StrictStr = Field(description="BOOL, INT64, FP64 or BYTES, as the model metadata lists it")
-    parameters: dict[str, Any] | None = Field(
-        default=None, description="binary_data_size: the tensor's bytes follow the JSON header"
-    )
-    data: list[Any] | None = Field(default=None, description="Row-major, flat or nested; absent if binary")
-
-
-class RequestOutput(V2Model):
-    name: StrictStr
-    parameters: dict[str, Any] | None = Field(default=None, description="binary_data: true for raw bytes")
-
-
-class InferRequest(V2Model):
-    id: StrictStr | None = None
-    parameters: dict[str, Any] | None = Field(
-        default=None, description="The native request's fields besides the instances (coverage, ...)"
-    )
-    inputs: list[RequestInput] = Field(min_length=1)
-    outputs: list[RequestOutput] | None = Field(default=None, description="Default: every output")
-
-
-class ResponseOutput(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int]
-    parameters: dict[str, Any] | None = None
-    data: list[Any] | None = None
-
-
-class InferResponse(BaseModel):
-    model_name: str
-    model_version: str = Field(description="The registry's served version, the native 'version'")
-    id: str
-    outputs: list[ResponseOutput]
-
-
-class MetadataTensor(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int]
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-
-class ModelMetadata(BaseModel):
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[MetadataTensor]
-    outputs: list[MetadataTensor]
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-
-class ServerMetadata(BaseModel):
-    name: str
-    version: str
-    extensions: list[str]
-
-
-class Liveness(BaseModel):
-    live: bool
-
-
-class Readiness(BaseModel):
-    ready: bool
-    name: str | None = None
-
-
-class V2Error(BaseModel):
-    """OIP's error body; ``detail`` carries the same problems in the shape every other route answers."""
-
-    error: str
-    detail: list[ErrorDetail]
-
-
-class TensorError(ValueError):
-    """A request that cannot be served: the status and each problem as (field, reason); reasons name the
-    tensor, row or parameter, since OIP clients show only the joined message."""
-
-    def __init__(self, problems: Sequence[tuple[str, str]], status: int = 400) -> None:
-        super().__init__("; ".join(reason for _, reason in problems))
-        self.problems = list(problems)
-        self.status = status
-
-
-def bad(field: str, reason: str, status: int = 400) -> TensorError:
-    return TensorError([(field, reason)], status)
-
-
-def error_body(problems: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    return {
-        "error": "; ".join(reason for _, reason in problems),
-        "detail": [{"field": field, "reason": reason} for field, reason in problems],
-    }
-
-
-# --- Tensors from schemas -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    datatype: str
-    required: bool
-    default: Any = None
-    description: str = ""
-    json_text: bool = False  # a nested object: each BYTES element is its JSON text
-
-    def metadata(self) -> MetadataTensor:
-        parameters: dict[str, Any] = {"required": self.required}
-        if not self.required:
-            parameters["default"] = self.default
-        if self.description:
-            parameters["description"] = self.description
-        if self.json_text:
-            parameters["content"] = "JSON text of the object, per element"
-        if self.datatype == "FP64" and not self.required:
-            parameters["nan"] = "NaN means null (not given) for this row"
-        return MetadataTensor(name=self.name, datatype=self.datatype, shape=[-1], parameters=parameters)
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    name: str
-    datatype: str
-    path: tuple[str, ...]  # keys of the value in a prediction row
-    part: str | None = None  # of an interval: "value", "low" or "high"
-    description: str = ""
-
-    def metadata(self) -> MetadataTensor:
-        parameters = {"description": self.description} if self.description else {}
-        return MetadataTensor(name=self.name, datatype=self.datatype, shape=[-1], parameters=parameters)
-
-
-def _non_null(prop: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
-    """The schema of a field without its ``null`` alternative, and whether it had one."""
-    options = prop.get("anyOf")
-    if options is None:
-        return prop, False
-    kept = [o for o in options if o.get("type") != "null"]
-    return (kept[0] if len(kept) == 1 else {}), len(kept) < len(options)
-
-
-def _resolved(prop: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, Any]:
-    ref = prop.get("$ref")
-    return defs[ref.rsplit("/", 1)[-1]] if isinstance(ref, str) else prop
-
-
-def _is_interval(schema: Mapping[str, Any]) -> bool:
-    return set(schema.get("properties", {})) == {"value", "low", "high"}
-
-
-@cache
-def input_specs(instance: type[BaseModel]) -> tuple[InputSpec, ...]:
-    schema = instance.model_json_schema()
-    required = set(schema.get("required", ()))
-    specs = []
-    for name, prop in schema["properties"].items():
-        inner, _ = _non_null(prop)
-        kind = inner.get("type")
-        datatype = {"integer": "INT64", "number": "FP64", "boolean": "BOOL", "string": "BYTES"}.get(
-            kind or ""
-        )
-        description = prop.get("description", inner.get("description", ""))
-        specs.append(
-            InputSpec(
-                name,
-                datatype or "BYTES",
-                name in required,
-                prop.get("default"),
-                description,
-                json_text=datatype is None,
-            )
-        )
-    return tuple(specs)
-
-
-def dynamic_fields(prediction: type[BaseModel]) -> tuple[str, ...]:
-    """Fields whose keys name outputs (a mapping of intervals, e.g. CPU benchmarks): known per model."""
-    schema = prediction.model_json_schema()
-    defs = schema.get("$defs", {})
-    found = []
-    for name, prop in schema["properties"].items():
-        inner = _resolved(_non_null(prop)[0], defs)
-        values = inner.get("additionalProperties")
-        if isinstance(values, dict) and _is_interval(_resolved(_non_null(values)[0], defs)):
-            found.append(name)
-    return tuple(found)
-
-
-@cache
-def output_specs(
-    prediction: type[BaseModel], keys: tuple[tuple[str, tuple[str, ...]], ...] = ()
-) -> tuple[OutputSpec, ...]:
-    """The prediction schema's fields as output tensors; ``keys`` lists the keys of each dynamic field."""
-    schema = prediction.model_json_schema()
-    return tuple(_outputs(schema, schema.get("$defs", {}), (), "", dict(keys)))
-
-
-def _interval_outputs(name: str, path: tuple[str, ...], description: str) -> Iterator[OutputSpec]:
-    for suffix, part in INTERVAL_PARTS:
-        note = f"{description}; {NAN_NOTE}" if description else NAN_NOTE
-        yield OutputSpec(name + suffix, "FP64", path, part, f"{part} of the interval: {note}")
-
-
-def _outputs(
-    schema: Mapping[str, Any],
-    defs: Mapping[str, Any],
-    path: tuple[str, ...],
-    prefix: str,
-    keys: Mapping[str, Sequence[str]],
-) -> Iterator[OutputSpec]:
-    for field, prop in schema.get("properties", {}).items():
-        where, name = (*path, field), prefix + field
-        inner, nullable = _non_null(prop)
-        target = _resolved(inner, defs)
-        description = prop.get("description", target.get("description", ""))
-        values = target.get("additionalProperties")
-        if _is_interval(target):
-            yield from _interval_outputs(name, where, description)
-        elif "properties" in target:
-            yield from _outputs(target, defs, where, name + "_", keys)
-        elif isinstance(values, dict) and _is_interval(_resolved(_non_null(values)[0], defs)):
-            for key in keys.get(field, ()):
-                yield from _interval_outputs(key, (*where, key), f"{field} {key}")
-        else:
-            yield OutputSpec(name, _output_datatype(target, nullable), where, None, _described(target, prop))
-
-
-def _output_datatype(schema: Mapping[str, Any], nullable: bool) -> str:
-    kind = schema.get("type")
-    if kind == "boolean" and not nullable:
-        return "BOOL"
-    if kind == "integer" and not nullable:
-        return "INT64"
-    return "FP64" if kind in ("integer", "number") else "BYTES"
-
-
-def _described(schema: Mapping[str, Any], prop: Mapping[str, Any]) -> str:
-    description = str(prop.get("description", schema.get("description", "")))
-    joined = {"array": "elements joined with '; '", "object": "'key: value' pairs joined with '; '"}
-    how = joined.get(str(schema.get("type")))
-    return f"{description} ({how})" if description and how else how or description
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        return "; ".join(_text(v) for v in value)
-    if isinstance(value, dict):
-        return "; ".join(f"{k}: {_text(v)}" for k, v in value.items())
-    return str(value)
-
-
-def output_column(spec: OutputSpec, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
-    """One output's values, row by row, in the tensor's datatype (FP64: NaN for null)."""
-    column: list[Any] = []
-    for row in rows:
-        value: Any = row
-        for key in spec.path:
-            value = value.get(key) if isinstance(value, dict) else None
-        if spec.part is not None and value is not None:
-            value = value[spec.part]
-        if spec.datatype == "FP64":
-            column.append(math.nan if value is None else float(value))
-        elif spec.datatype == "BYTES":
-            column.append(_text(value))
-        else:
-            column.append(value)
-    return column
 
 
 # --- Requests -------------------------------------------------------------------------------------------
@@ -576,3 +286,34 @@ def selected_outputs(
             raise bad(field, f"{label}: binary_data must be true or false")
         chosen[output.name] = (spec, binary)
     return list(chosen.values())
+
+
+def raw_tensor(datatype: str, column: list[Any]) -> bytes:
+    if datatype == "BYTES":
+        encoded = [v.encode("utf-8") for v in column]
+        return b"".join(struct.pack("<I", len(v)) + v for v in encoded)
+    return np.asarray(column, dtype=FIXED[datatype]).tobytes()
+
+
+def encode_response(
+    head: Mapping[str, Any], outputs: Sequence[tuple[OutputSpec, bool, list[Any]]]
+) -> tuple[bytes, int | None]:
+    """The response body after ``head`` (model_name, model_version, id), and the JSON header's length
+    when binary tensor data follows it."""
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for spec, binary, column in outputs:
+        tensor: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": [len(column)]}
+        if binary:
+            raw = raw_tensor(spec.datatype, column)
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif spec.datatype == "FP64":
+            tensor["data"] = [None if math.isnan(v) else v for v in column]
+        else:
+            tensor["data"] = column
+        tensors.append(tensor)
+    header = json.dumps({**head, "outputs": tensors}, allow_nan=False, separators=(",", ":")).encode()
+    if not chunks:
+        return header, None
+    return header + b"".join(chunks), len(header)

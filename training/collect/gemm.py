@@ -20,7 +20,7 @@ from rich.progress import (
 )
 
 from service.domains.gemm.dtypes import DTYPE_SPECS
-from service.domains.gemm.features import gemm_bytes, gemm_flops
+from service.domains.gemm.figures import gemm_bytes, gemm_flops
 from training.collect.storage import RowWriter
 
 # The first columns of both collectors' CSVs: the key, where and on what it was measured, and the shape.

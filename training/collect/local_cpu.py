@@ -53,6 +53,18 @@ def _max_mhz() -> float | None:
         return None
 
 
+def _mem_total_kb() -> int:
+    """MemTotal from /proc/meminfo; 0 where it cannot be read."""
+    try:
+        return next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
 def measure_peak_gflops(threads: int, dtype: str, size: int = 2048, repeats: int = 3) -> float:
     """The best rate of a ``size``³ numpy matmul on ``threads`` BLAS threads: a floor for the peak."""
     import numpy as np
@@ -107,14 +119,7 @@ def describe_local_cpu(
         ", raised to the measured numpy matmul rate" if measured else ""
     )
     isa = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4")))
-    try:
-        mem_kb = next(
-            int(line.split()[1])
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal")
-        )
-    except (OSError, StopIteration, ValueError):
-        mem_kb = 0
+    mem_kb = _mem_total_kb()
     bandwidth_note = "measured by the collector" if memory_bandwidth_gbps else "assumed 10 GB/s per core"
     return DeviceSpec(
         name=f"{info.get('model name', platform.machine()).strip()} ({cores} cores)",

@@ -13,6 +13,8 @@ also cross-validated learning the target minus it (predictions add it back), and
 unless ``relative`` fixes the form (True: always relative to the baseline). ``inputs`` names the columns
 the trees see (default all); the baseline and floor columns need not be among them, so that a domain can
 keep absolute figures (a device's peak, a time) out of the trees and learn a dimensionless ratio.
+The candidates and their cross-validation live in :mod:`training.core.candidates`, the corrections of
+calibrated groups in :mod:`training.core.corrections`.
 """
 
 from __future__ import annotations
@@ -24,185 +26,45 @@ from pathlib import Path
 from typing import Any
 
 import joblib
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
-from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.ensemble import RandomForestRegressor
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.model_selection import GroupKFold, KFold
 
-from service.core.model import calibration_grid, forest_predict, halfwidth
+from service.core.targets import calibration_grid, forest_predict, halfwidth, served_log
+from training.core.candidates import (
+    CANDIDATES,
+    REGIME_LABELS,
+    REGIMES,
+    SIZE_COLUMN,
+    ape_of_log,
+    extrapolation_fold,
+    make_candidate,
+    out_of_fold,
+    tree_input,
+)
 from training.core.cluster import active_client, fit_estimator
+from training.core.corrections import (
+    CALIBRATION_ROWS,
+    apply_correction,
+    calibrated_groups,
+    calibrated_residuals,
+    fit_correction,
+    save_corrections,
+)
 from training.core.onnx_export import lightgbm_onnx
 
 log = logging.getLogger(__name__)
 
-CANDIDATES = ("lightgbm", "random_forest")
-# Calibration regimes: K-fold (devices seen in training), leave-one-group-out (unseen devices) and
-# extrapolation (per group, fit on the rows up to its EXTRAPOLATE_QUANTILE of FLOPs, residuals on the rest:
-# what a request larger than anything trained on its device meets).
-# And calibrated: a group seen only in a few rows (a device a user measured the calibration sweep on), whose
-# predictions the model corrects by those rows (see :func:`fit_correction`).
-REGIMES = ("seen", "unseen", "extrapolate", "calibrated")
-# What each regime's CV holds out, in words that fit every domain's groups (devices, CPU models, families).
-REGIME_LABELS = {
-    "seen": "K-fold",
-    "unseen": "held-out-group",
-    "extrapolate": "size-extrapolation",
-    "calibrated": "held-out-group+calibration",
-}
-# A group with fewer training rows than this, and than a tenth of the median group's, is "calibrated": its
-# predictions get a correction fit on its own rows, and the calibrated intervals (in a small training set
-# where every device has few rows, none is). Each held-out group of the calibrated CV lends this many of its
-# rows to fit the correction (the shipped calibration sweep has 32 shapes) and is scored on the rest.
-CALIBRATED_MAX_ROWS = 256
-CALIBRATION_ROWS = 32
-# A correction is a small boosted model of the log error on a few columns, fit on ~32 rows: 50 trees of 4
-# leaves, each leaf holding 5 rows or more. On leave-one-GPU-out errors of aiconfigurator (30k rows, 7
-# GPUs, 32 random rows of the held-out GPU to fit on), it cut the MAPE on the rest from 28.2% to 21.1%,
-# where a log offset (32.3%), an offset and a slope in the reference time (28.9%), per-dtype offsets and
-# ridge or Huber fits on three columns and the dtype (26.4-29.6%) did not pay: the errors are not linear.
-CORRECTION_TREES: dict[str, Any] = {
-    "n_estimators": 50,
-    "learning_rate": 0.1,
-    "num_leaves": 4,
-    "min_child_samples": 5,
-}
-EXTRAPOLATE_QUANTILE = 0.8
-SIZE_COLUMN = "log_flops"
+
+def _column(X: pd.DataFrame, name: str | None) -> np.ndarray | None:
+    """A baseline or floor column's values, or None without one."""
+    return X[name].to_numpy(dtype=float) if name is not None else None
 
 
-def make_candidate(
-    name: str, n_rows: int, random_state: int, monotone: list[int] | None = None, fit_rows: int | None = None
-) -> BaseEstimator:
-    """A candidate configured for ``n_rows`` of training data (the deployed fit), to be fit on ``fit_rows``
-    rows (fewer in cross-validation); ``monotone`` holds +1 (non-decreasing) or 0 per feature column."""
-    if name == "lightgbm":
-        # Capacity grows with the data: the 241k-row UCI SGEMM grid of 14 tile parameters needs large trees
-        # (0.9k rounds of 127 leaves: 5.4% MAPE). Few deep trees beat many shallow ones there, and a row
-        # visits fewer nodes, which is what serving a row costs. On 80/20 splits (measured here):
-        # - uci-sgemm: 2,000 rounds of 255 leaves 1.92% with 5,535 nodes visited per row; 400 rounds of
-        #   2,047 leaves 1.65% with 2,603;
-        # - neusight-gemm: 10.04% and 10.12% (read with n and k swapped, before the loader's fix).
-        # Such trees need the "intermediate" monotone method: "advanced" took 8.9 s per 2,047-leaf tree on
-        # 40k rows of all GEMM data, "intermediate" 0.1 s, and it scored the same on both splits above.
-        large = n_rows > 100_000
-        return lgb.LGBMRegressor(
-            n_estimators=400 if large else 900 if n_rows > 2000 else 400,
-            learning_rate=0.1 if large else 0.05,
-            num_leaves=2047 if large else 127 if n_rows > 20_000 else 31,
-            min_child_samples=5 if n_rows > 2000 else 3,
-            subsample=0.8,
-            subsample_freq=1,
-            colsample_bytree=1.0 if large else 0.8,
-            # No L2 penalty on large data: 3-fold CV on uci-sgemm's training split (128k-row fits) gave
-            # 2.31% MAPE without it, 2.54% with reg_lambda 1 (the test split played no part).
-            reg_lambda=0.0 if large else 1.0,
-            monotone_constraints=monotone,
-            monotone_constraints_method="intermediate" if large else "advanced",
-            random_state=random_state,
-            # One thread: LightGBM's OpenMP threads spin-wait, and on a busy machine two of them ran
-            # 20x slower than one (measured here); the forest below parallelises over trees instead.
-            n_jobs=1,
-            verbose=-1,
-        )
-    if name == "random_forest":
-        return RandomForestRegressor(
-            n_estimators=80,
-            max_features=0.5,
-            min_samples_leaf=1,
-            monotonic_cst=monotone,
-            # Bootstrap at most 30k rows per tree keeps 240k-row datasets within minutes on 2 cores.
-            max_samples=min(1.0, 30_000 / max(fit_rows or n_rows, 1)),
-            random_state=random_state,
-            n_jobs=2,
-        )
-    raise ValueError(f"unknown candidate {name!r}; choose from {CANDIDATES}")
-
-
-def _tree_input(X: pd.DataFrame) -> pd.DataFrame:
-    """Features as trees see them: float32, as scikit-learn's trees and the ONNX export compare them.
-    Fit and predicted on the same values, LightGBM and its export take the same branch on every row
-    (see :func:`lightgbm_onnx`); on float64 input, 2 of 5,000 NeuSight rows moved by up to 1.3%."""
-    return X.astype(np.float32)
-
-
-def _column(X: pd.DataFrame, name: str | None) -> np.ndarray | float:
-    """A baseline column's values, or 0 without one."""
-    return X[name].to_numpy(dtype=float) if name is not None else 0.0
-
-
-def extrapolation_fold(sizes: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per group, rows up to its :data:`EXTRAPOLATE_QUANTILE` of ``sizes`` (train) and above it (test)."""
-    groups = np.zeros(len(sizes)) if groups is None else np.asarray(groups)
-    threshold = pd.Series(sizes).groupby(groups).transform(lambda v: v.quantile(EXTRAPOLATE_QUANTILE))
-    above = sizes > threshold.to_numpy()
-    return np.flatnonzero(~above), np.flatnonzero(above)
-
-
-def out_of_fold(
-    estimator: BaseEstimator,
-    X: pd.DataFrame,
-    y: np.ndarray,
-    folds: list[tuple[np.ndarray, np.ndarray]],
-    n_jobs: int,
-) -> np.ndarray:
-    """Each row's prediction by the fold model that did not see it; NaN for rows no fold tests (the
-    extrapolation fold tests only the largest rows)."""
-
-    def one(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        fitted = clone(estimator).fit(X.iloc[train], y[train])
-        return test, np.asarray(fitted.predict(X.iloc[test]), dtype=float)
-
-    out = np.full(len(y), np.nan)
-    for test, values in Parallel(n_jobs=n_jobs if len(folds) > 1 else 1)(
-        delayed(one)(train, test) for train, test in folds
-    ):
-        out[test] = values
-    return out
-
-
-def fit_correction(error: np.ndarray, X: pd.DataFrame, increasing: tuple[str, ...] = ()) -> lgb.LGBMRegressor:
-    """A group's correction from its rows: a small boosted model of the log error (measured - predicted)
-    on the columns of ``X`` (see :data:`CORRECTION_TREES`), fit on float32 like every tree here, never
-    decreasing in the ``increasing`` columns (so that a corrected model keeps its monotone guarantee)."""
-    monotone = [1 if c in increasing else 0 for c in X.columns]
-    return lgb.LGBMRegressor(**CORRECTION_TREES, monotone_constraints=monotone, n_jobs=1, verbose=-1).fit(
-        _tree_input(X), error
-    )
-
-
-def apply_correction(correction: lgb.LGBMRegressor, X: pd.DataFrame) -> np.ndarray:
-    return np.asarray(correction.predict(_tree_input(X)), dtype=float)
-
-
-def calibrated_residuals(
-    residual: np.ndarray,
-    X: pd.DataFrame,
-    groups: np.ndarray,
-    rows: int,
-    random_state: int,
-    increasing: tuple[str, ...] = (),
-) -> np.ndarray:
-    """Held-out-group residuals as a calibrated group meets them: per group, a correction fit on ``rows``
-    of its residuals (seeded), applied to the others; NaN for the rows that fit it."""
-    out = np.full(len(residual), np.nan)
-    rng = np.random.default_rng(random_state)
-    for group in np.unique(groups):
-        members = np.flatnonzero((groups == group) & np.isfinite(residual))
-        if len(members) < 2 * rows:
-            continue
-        shots = rng.choice(members, rows, replace=False)
-        rest = np.setdiff1d(members, shots)
-        correction = fit_correction(-residual[shots], X.iloc[shots], increasing)
-        out[rest] = residual[rest] + apply_correction(correction, X.iloc[rest])
-    return out
-
-
-def ape_of_log(residual: np.ndarray) -> np.ndarray:
-    """Absolute percentage error on the original scale from a log-scale residual (pred - true)."""
-    return np.abs(np.expm1(residual))
+def _or_zero(values: np.ndarray | None) -> np.ndarray | float:
+    return 0.0 if values is None else values
 
 
 class CostRegressor(RegressorMixin, BaseEstimator):
@@ -277,14 +139,13 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         return self
 
     def _corrections(self, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None) -> dict[str, Any]:
-        """Per calibrated group (see :data:`CALIBRATED_MAX_ROWS`), its correction from the deployed
+        """Per calibrated group (see :func:`calibrated_groups`), its correction from the deployed
         model's errors on them (trees fit on a whole dataset barely move for 32 rows of one more device;
         the correction is what those rows teach). None without ``correct_on`` or groups."""
         if self.correct_on is None or groups is None or "calibrated" not in self.calibration_:
             return {}
         groups = np.asarray(groups)
-        names, counts = np.unique(groups, return_counts=True)
-        few = names[counts < min(CALIBRATED_MAX_ROWS, 0.1 * np.median(counts))]
+        few = calibrated_groups(groups)
         if not len(few):
             return {}
         rows = np.flatnonzero(np.isin(groups, few))
@@ -377,8 +238,8 @@ class CostRegressor(RegressorMixin, BaseEstimator):
             base = _column(X_cv, baseline)
             started = time.perf_counter()
             # Folds fit in parallel processes, each LightGBM on one thread (see make_candidate).
-            oof = out_of_fold(estimator, trees_cv, y_cv - base, regimes[regime], self.n_jobs)
-            residual = self._floored(oof + base, X_cv) - y_cv
+            oof = out_of_fold(estimator, trees_cv, y_cv - _or_zero(base), regimes[regime], self.n_jobs)
+            residual = served_log(oof, base, self._floor_of(X_cv)) - y_cv
             oofs[label][regime] = residual
             ape = ape_of_log(residual[np.isfinite(residual)])
             self.cv_scores_[label][regime] = {
@@ -408,8 +269,8 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         return oofs[best]
 
     def _tree_input(self, X: pd.DataFrame) -> pd.DataFrame:
-        """The columns the trees see (``inputs``, default every column of the fit), as :func:`_tree_input`."""
-        return _tree_input(X.loc[:, list(self.inputs or self.feature_names_in_)])
+        """The columns the trees see (``inputs``, default every column of the fit), as :func:`tree_input`."""
+        return tree_input(X.loc[:, list(self.inputs or self.feature_names_in_)])
 
     def _select_regimes(self) -> tuple[str, ...]:
         return (self.select_by,) if isinstance(self.select_by, str) else tuple(self.select_by)
@@ -420,7 +281,7 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         n = len(y)
         trees = self._tree_input(X)
         # The chosen form's estimator learns what its baseline (if any) does not explain.
-        y = y - _column(X, self.baseline_)
+        y = y - _or_zero(_column(X, self.baseline_))
         fit_idx = np.arange(n)
         held = np.array([], dtype=int)
         if n > self.max_cv_rows and "seen" in self.calibration_:
@@ -447,9 +308,8 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         if len(held):
             part = X.iloc[held]
             base_held = _column(part, self.baseline_)
-            residual = self._floored(self._predict_with(fitted[1], part) + base_held, part) - (
-                y[held] + base_held
-            )
+            own = self._predict_with(fitted[1], part)
+            residual = served_log(own, base_held, self._floor_of(part)) - (y[held] + _or_zero(base_held))
             self.calibration_["seen"] = calibration_grid(residual)
 
     def _predict_with(self, estimator: BaseEstimator, X: pd.DataFrame) -> np.ndarray:
@@ -459,24 +319,24 @@ class CostRegressor(RegressorMixin, BaseEstimator):
             return forest_predict(estimator, features.to_numpy())
         return np.asarray(estimator.predict(features), dtype=float)
 
-    def _floored(self, log_prediction: np.ndarray, X: pd.DataFrame) -> np.ndarray:
-        """Never below the floor column (a log time no run can beat, e.g. the roofline), where one is set."""
-        if self.floor is None:
-            return log_prediction
-        return np.maximum(log_prediction, X[self.floor].to_numpy(dtype=float))
+    def _floor_of(self, X: pd.DataFrame) -> np.ndarray | None:
+        """The floor column's values (a log time no run can beat, e.g. the roofline), if one is set."""
+        return _column(X, self.floor)
 
     def predict(
         self, X: pd.DataFrame, groups: np.ndarray | None = None, corrected: bool = True
     ) -> np.ndarray:
         """Log predictions; rows of a calibrated group (``groups``) with its correction."""
-        out = self._predict_with(self.estimator_, X) + _column(X, self.baseline_)
+        own = self._predict_with(self.estimator_, X)
+        correction = None
         if corrected and groups is not None and self.corrections_ and self.correct_on is not None:
             inputs = X.loc[:, list(self.correct_on)]
-            for name, correction in self.corrections_.items():
+            for name, head in self.corrections_.items():
                 rows = np.flatnonzero(np.asarray(groups) == name)
                 if len(rows):
-                    out[rows] += apply_correction(correction, inputs.iloc[rows])
-        return self._floored(out, X)
+                    correction = np.zeros(len(X)) if correction is None else correction
+                    correction[rows] = apply_correction(head, inputs.iloc[rows])
+        return served_log(own, _column(X, self.baseline_), self._floor_of(X), correction)
 
     def save(self, folder: Path, stem: str) -> dict[str, str]:
         """Write the fitted estimator and return the card entries naming its files: LightGBM as its text
@@ -496,19 +356,10 @@ class CostRegressor(RegressorMixin, BaseEstimator):
             "estimator": self.best_name_,
             "baseline": self.baseline_,
             "floor": self.floor,
-            "corrections": self._save_corrections(folder, stem),
+            "corrections": save_corrections(self.corrections_, folder, stem),
             "cv": self.cv_scores_,
             "calibration": self.calibration_,
         }
-
-    def _save_corrections(self, folder: Path, stem: str) -> dict[str, dict[str, str]]:
-        """Each calibrated group's correction as an ONNX file (its inputs named in it); the card entry."""
-        out = {}
-        for i, (name, correction) in enumerate(sorted(self.corrections_.items())):
-            filename = f"{stem}.correction{i}.onnx"
-            (folder / filename).write_bytes(lightgbm_onnx(correction.booster_))
-            out[name] = {"onnx": filename}
-        return out
 
     def halfwidths(self, X: pd.DataFrame, regime: str, coverage: float) -> np.ndarray:
         """Log-scale interval half-width per row of ``X`` for the calibration ``regime``."""

@@ -11,7 +11,7 @@ import onnx
 from onnxmltools import convert_lightgbm
 from onnxmltools.convert.common.data_types import FloatTensorType
 
-from service.core.model import ONNX_FEATURE_NAMES, ONNX_INPUT
+from service.core.targets import ONNX_FEATURE_NAMES, ONNX_INPUT
 
 # Lines of LightGBM's text model holding each tree's split thresholds and decision flags.
 THRESHOLDS = re.compile(r"^threshold=(.*)$", re.MULTILINE)

@@ -19,6 +19,7 @@ import onnxruntime
 import pandas as pd
 import sklearn
 
+from service.core.domain import Domain
 from service.core.model import CARD, file_sha256
 from training.core.models import CostRegressor
 from training.core.split_regressor import SplitRegressor
@@ -46,13 +47,16 @@ def new_version() -> str:
 def publish(
     model_dir: Path,
     name: str,
+    domain: Domain,
     card: dict[str, Any],
     fitted: Mapping[str, tuple[CostRegressor | SplitRegressor, dict]],
 ) -> Path:
     """Write a complete version folder under a temporary name, then rename it into place.
 
-    A reader (the service) lists only folders without a leading dot that hold a card, so a publish killed
-    at any point leaves either no version or a complete one.
+    The card's domain, feature version and columns come from the domain's contract, and the whole card is
+    checked against the domain's card type before it is written: a card the service would refuse is never
+    published (ValueError naming the field). A reader (the service) lists only folders without a leading
+    dot that hold a card, so a publish killed at any point leaves either no version or a complete one.
     """
     version = new_version()
     root = model_dir / name
@@ -67,12 +71,16 @@ def publish(
         full_card = {
             "name": name,
             "version": version,
+            "domain": domain.name,
+            "feature_version": domain.feature_version,
+            "feature_columns": list(domain.columns),
             **card,
             "targets": targets,
             "files": files,
             "libraries": library_versions(),
             "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        domain.check_card_fields(full_card)
         with (staging / CARD).open("w") as fh:
             json.dump(full_card, fh, indent=1)
             fh.flush()

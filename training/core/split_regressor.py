@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
 
-from service.core.model import calibration_grid, split_cap
-from training.core.models import CANDIDATES, CostRegressor
+from service.core.targets import calibration_grid, split_cap
+from training.core.candidates import CANDIDATES
+from training.core.models import CostRegressor
 
 
 class SplitRegressor(RegressorMixin, BaseEstimator):

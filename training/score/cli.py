@@ -32,9 +32,11 @@ def score_command(
     ] = None,
     chunk_rows: Annotated[int, typer.Option(min=1, help="Rows predicted at a time by a worker")] = 20_000,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder")] = False,
+    domain: Annotated[str, typer.Option(help="The domain whose instances the table holds")] = "gemm",
 ) -> None:
-    """Predict every row of a table with the served GEMM model, as POST /v1/gemm/predict would: values,
-    intervals, OOD flags. Refused rows are listed in _errors.csv with their row, line and reason."""
+    """Predict every row of a table with the domain's served model (GEMM by default), as its native route
+    (POST /v1/gemm/predict) would: values, intervals, OOD flags. Refused rows are listed in _errors.csv
+    with their row, line and reason."""
     if not 0.0 < coverage < 1.0:
         raise typer.BadParameter(f"{coverage} is not in (0, 1)", param_hint="--coverage")
     settings = Settings()
@@ -50,6 +52,7 @@ def score_command(
                 version=version,
                 chunk_rows=chunk_rows,
                 overwrite=overwrite,
+                domain=domain,
             )
     except (ScoreError, ClusterError) as exc:
         # The user's answer, not a diagnostic: on stderr whatever logging is configured to do.

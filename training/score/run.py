@@ -1,11 +1,11 @@
 """``perfcost score`` on Dask: partitions of the input table stream through the workers into Parquet.
 
-The served GEMM model version is chosen once, here, and every worker loads that version once (its card's
-sha256 checked, then every model file's, as the service loads it). A partition is read, scored chunk by
-chunk (memory stays bounded whatever the partition size) and written as one Parquet file, under a
-temporary name renamed when complete; the output folder itself appears only when every partition is
-written. Refused rows go to ``errors.csv`` with their row number (and CSV line) and reason; a partition
-that still fails after its retries fails the run, and nothing is published.
+The served model version of the domain (GEMM by default) is chosen once, here, and every worker loads that
+version once (its card's sha256 checked, then every model file's, as the service loads it). A partition is
+read, scored chunk by chunk (memory stays bounded whatever the partition size) and written as one Parquet
+file, under a temporary name renamed when complete; the output folder itself appears only when every
+partition is written. Refused rows go to ``errors.csv`` with their row number (and CSV line) and reason; a
+partition that still fails after its retries fails the run, and nothing is published.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from tqdm import tqdm
 
 from service.core.devices import DeviceCatalog
 from service.core.model import CARD, ModelLoadError, TabularModel, file_sha256
-from service.core.registry import ModelRegistry, load_version
+from service.core.registry import Refusal, load_version, newest_usable
 from service.domains import DOMAINS
-from training.domains.gemm.score import check_columns, output_schema, score_chunk
+from training.core.domain import TableScorer
+from training.domains import trainings
 
 log = logging.getLogger(__name__)
 MANIFEST = "_perfcost_score.json"
@@ -51,6 +52,7 @@ class ScoreError(RuntimeError):
 class ScoreJob:
     """What every partition task needs: small, so it ships with each task."""
 
+    domain: str
     model_path: str
     card_sha256: str
     coverage: float
@@ -86,12 +88,13 @@ def score_partition(part: pd.DataFrame, index: int, first_row: int, job: ScoreJo
     out = Path(job.out_dir)
     target = out / f"part.{index:05d}.parquet"
     partial = out / f".part.{index:05d}.{uuid.uuid4().hex}.partial"
-    schema = output_schema(list(job.columns))
+    scorer = table_scorer(job.domain)
+    schema = scorer.output_schema(list(job.columns))
     errors: list[tuple[int, str, str]] = []
     written = 0
     with pq.ParquetWriter(partial, schema) as writer:
         for start in range(0, max(len(part), 1), job.chunk_rows):
-            chunk = score_chunk(
+            chunk = scorer.score_chunk(
                 part.iloc[start : start + job.chunk_rows], first_row + start, job.coverage, model, catalog
             )
             writer.write_table(chunk.table)
@@ -117,7 +120,15 @@ def _score_in_place(
     return pd.DataFrame([score_partition(part, index, int(offsets[index]), job)], columns=STATS.columns)
 
 
-def read_table(path: Path) -> tuple[dd.DataFrame, bool]:
+def table_scorer(domain: str) -> TableScorer:
+    """How the domain scores a table; ScoreError naming the domains that can otherwise."""
+    found = {name: t.table for name, t in trainings().items() if t.table is not None}
+    if domain not in found:
+        raise ScoreError(f"domain {domain!r} cannot score tables; these can: {', '.join(found)}")
+    return found[domain]
+
+
+def read_table(path: Path, scorer: TableScorer) -> tuple[dd.DataFrame, bool]:
     """The input as a Dask dataframe, and whether it is CSV (whose rows have line numbers)."""
     if not path.exists():
         raise ScoreError(f"input {path} does not exist")
@@ -131,25 +142,28 @@ def read_table(path: Path) -> tuple[dd.DataFrame, bool]:
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise ScoreError(f"input {path} cannot be read as {'CSV' if is_csv else 'Parquet'}: {exc}") from exc
     try:
-        check_columns(list(frame.columns))
+        scorer.check_columns(list(frame.columns))
     except ValueError as exc:
         raise ScoreError(f"input {path}: {exc}") from exc
     return frame, is_csv
 
 
-def _served_version(model_dir: Path, version: str | None) -> Path:
-    root = model_dir / "gemm"
+def _served_version(model_dir: Path, domain: str, version: str | None) -> Path:
+    root = model_dir / domain
+    label = domain.upper()
     if version is not None:
         path = root / version
         if not (path / CARD).is_file():
-            raise ScoreError(f"--version {version}: no such GEMM model in {root}")
+            raise ScoreError(f"--version {version}: no such {label} model in {root}")
         return path
     # The version the service would serve: the registry's rule (the newest that loads), not a copy of it.
-    snapshot = ModelRegistry(model_dir, DOMAINS).reload()
-    model = snapshot.get("gemm")
+    refused: list[Refusal] = []
+    model = newest_usable(model_dir, domain, DOMAINS, refused)
     if model is None:
-        refused = "; ".join(f"{r.version}: {r.reason}" for r in snapshot.refused if r.model == "gemm")
-        raise ScoreError(f"no GEMM model that loads in {model_dir} ({refused or 'run perfcost train gemm'})")
+        why = "; ".join(f"{r.version}: {r.reason}" for r in refused)
+        raise ScoreError(
+            f"no {label} model that loads in {model_dir} ({why or f'run perfcost train {domain}'})"
+        )
     return model.path
 
 
@@ -208,17 +222,19 @@ def score(
     version: str | None = None,
     chunk_rows: int = 20_000,
     overwrite: bool = False,
+    domain: str = "gemm",
 ) -> dict[str, Any]:
     """Score ``source`` into the folder ``output``; return the run's manifest (also written into it)."""
     if output.exists() and not overwrite:
         raise ScoreError(f"output {output} exists; pass --overwrite to replace it")
-    frame, is_csv = read_table(source)
-    path = _served_version(model_dir, version)
+    frame, is_csv = read_table(source, table_scorer(domain))
+    path = _served_version(model_dir, domain, version)
     card = json.loads((path / CARD).read_text())
     started = time.perf_counter()
     tmp = output.parent / f".{output.name}.{uuid.uuid4().hex}.partial"
     tmp.mkdir(parents=True)
     job = ScoreJob(
+        domain=domain,
         model_path=str(path.resolve()),
         card_sha256=file_sha256(path / CARD),
         coverage=coverage,
@@ -234,7 +250,7 @@ def score(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     manifest = {
-        "model": card.get("name", "gemm"),
+        "model": card.get("name", domain),
         "version": card.get("version", path.name),
         "card_sha256": job.card_sha256,
         "input": str(source),

@@ -6,8 +6,8 @@ differs from this module. Change the math here → bump the version.
 
 Inputs are the system-description columns of a SPEC CPU2017 result (:data:`NUMERIC_FIELDS`,
 :data:`CATEGORICAL_FIELDS`), never a benchmark ratio or runtime. Categoricals are encoded statelessly
-(crc32 codes), so a value never seen in training still encodes; :func:`domain_profile` records what
-training saw and :func:`ood_reasons` names what a request has outside it.
+(crc32 codes), so a value never seen in training still encodes; what training saw, and what a request
+has outside it, is :mod:`service.domains.cpu.profile`'s business.
 """
 
 from __future__ import annotations
@@ -84,22 +84,6 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     *(f"{c}_code" for c in PARSED_CATEGORICAL),
     *PARSED_NUMERIC,
     *DERIVED,
-)
-
-# Categories whose unseen value makes a prediction out of distribution. An unseen model_name is the
-# normal use (a new CPU) and selects the wider "unseen" interval instead; submitter, OS release and
-# file system barely move a score, so a new one is not worth a flag.
-OOD_CATEGORIES = ("vendor", "cpu_family", "cpu_tier", "compiler_family", "os_name", "arch", "parallel")
-# Numeric inputs whose range training covered; a request outside it is extrapolation.
-OOD_RANGES = (
-    "nominal_mhz",
-    "max_mhz",
-    "total_cores",
-    "total_threads",
-    "sockets",
-    "l3_cache_kb",
-    "mem_bandwidth_gbps",
-    "threads_or_copies",
 )
 
 _TRADEMARKS = re.compile(r"\((?:R|TM|r|tm)\)|\b(?:Intel|AMD|Processor)\b|@.*$|\bCPU\b", re.IGNORECASE)
@@ -298,66 +282,3 @@ def specs_frame(specs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             record[col] = value
         records.append(record)
     return pd.DataFrame.from_records(records, columns=list(SPEC_FIELDS))
-
-
-def domain_profile(rows: pd.DataFrame) -> dict[str, Any]:
-    """What training covered, for the card: seen categories and numeric ranges (see :func:`ood_reasons`)."""
-    features = build_features(rows)
-    parsed = parsed_categories(rows)
-    categories: dict[str, list[str]] = {}
-    for col in OOD_CATEGORIES:
-        source = parsed[col] if col in parsed else rows[col]
-        categories[col] = sorted({str(v) for v in source.dropna() if str(v)})
-    categories["model_name"] = sorted({str(v) for v in rows["model_name"].dropna()})
-    ranges = {}
-    for col in OOD_RANGES:
-        values = features[col].to_numpy(dtype=float)
-        values = values[np.isfinite(values)]
-        ranges[col] = [float(values.min()), float(values.max())] if len(values) else [math.nan, math.nan]
-    return {"categories": categories, "ranges": ranges}
-
-
-def ood_reasons(rows: pd.DataFrame, profile: Mapping[str, Any]) -> list[list[str]]:
-    """Per row, why it lies outside what the model was trained on (empty list: in distribution).
-
-    A category value training never saw, or a numeric input outside the training range, is named.
-    Missing values are not flagged: they are unknown, not new.
-    """
-    features = build_features(rows)
-    parsed = parsed_categories(rows)
-    reasons: list[list[str]] = [[] for _ in range(len(rows))]
-    seen_categories = profile.get("categories", {})
-    for col in OOD_CATEGORIES:
-        if col not in seen_categories:
-            continue
-        seen = set(seen_categories[col])
-        source = (
-            parsed[col] if col in parsed else rows.get(col, pd.Series([None] * len(rows), index=rows.index))
-        )
-        for i, value in enumerate(source):
-            if isinstance(value, str) and value and value not in seen:
-                reasons[i].append(f"{col} {value!r} not seen in training")
-    for col, (low, high) in profile.get("ranges", {}).items():
-        values = features[col].to_numpy(dtype=float)
-        for i, value in enumerate(values):
-            if np.isfinite(value) and not (low <= value <= high):
-                reasons[i].append(f"{col} {value:g} outside the training range [{low:g}, {high:g}]")
-    return reasons
-
-
-def seen_model(rows: pd.DataFrame, profile: Mapping[str, Any]) -> np.ndarray:
-    """Whether each row's model_name was in training: picks the "seen" or "unseen" conformal interval."""
-    seen = set(profile.get("categories", {}).get("model_name", []))
-    names = rows["model_name"] if "model_name" in rows else pd.Series([None] * len(rows))
-    return np.array([isinstance(n, str) and n in seen for n in names], dtype=bool)
-
-
-def request_features(
-    specs: Iterable[Mapping[str, Any]], profile: Mapping[str, Any]
-) -> tuple[pd.DataFrame, np.ndarray, list[list[str]]]:
-    """What a prediction request needs: features, per-row "CPU model seen in training", OOD reasons.
-
-    ``profile`` is the model card's ``profile``. Raises ValueError naming the field of a bad input.
-    """
-    rows = specs_frame(specs)
-    return build_features(rows), seen_model(rows, profile), ood_reasons(rows, profile)

@@ -3,7 +3,8 @@
 Each benchmark ratio comes from its own target model (``<suite>/<benchmark>`` in the card's
 ``target_keys``, stored under a file-safe stem). The suite score is the geometric mean of the predicted
 ratios, as SPEC defines it: ``exp(mean of the predicted log ratios)``; its interval is the direct
-``<suite>/score`` model's conformal half-width (log scale) around that value (see ``training/cpu.py``).
+``<suite>/score`` model's conformal half-width (log scale) around that value (see
+``training/domains/cpu/train.py``).
 A CPU model seen in training gets the "seen" calibration, any other the wider "unseen" one; a vendor,
 family or compiler never seen, or a spec outside the training ranges, is still predicted and flagged
 out of distribution with the reasons.
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from service.core.model import TabularModel
-from service.domains.cpu import features
+from service.domains.cpu import features, profile
 from service.domains.cpu.cards import CpuCard
 from service.domains.cpu.schemas import CpuInstance
 
@@ -111,7 +112,7 @@ def predict(
 ) -> list[dict[str, Any]]:
     chosen = get_suite(model, suite)
     try:
-        table, seen, ood = features.request_features(_specs(instances), model.typed_card(CpuCard).profile)
+        table, seen, ood = profile.request_features(_specs(instances), model.typed_card(CpuCard).profile)
     except ValueError as exc:
         raise _invalid(exc) from exc
     matrix = table.to_numpy(dtype=float)

@@ -1,8 +1,8 @@
 """CPU request/response schemas (``POST /v1/cpu/predict``, ``GET /v1/cpu/benchmarks``).
 
 An instance is a CPU system described the way a SPEC CPU2017 result describes it: exactly the fields
-:mod:`service.features.cpu` consumes (``SPEC_FIELDS``), nothing else. Counts are integers; clocks, sizes
-and rates are numbers. The fields that identify the system and set its scale are required; every other
+:mod:`service.domains.cpu.features` consumes (``SPEC_FIELDS``), nothing else. Counts are integers; clocks,
+sizes and rates are numbers. The fields that identify the system and set its scale are required; every other
 one may be left out (or null), which the model treats as unknown.
 """
 

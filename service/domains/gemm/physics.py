@@ -1,5 +1,5 @@
 """The physics of a GEMM on a GPU or CPU: output tiles in waves over the units, each wave at its compute
-roofline, split-K where few tiles would leave units idle. Used by :mod:`service.features.gemm`."""
+roofline, split-K where few tiles would leave units idle. Used by :mod:`service.domains.gemm.features`."""
 
 from __future__ import annotations
 

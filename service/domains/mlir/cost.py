@@ -1,6 +1,6 @@
 """What one linalg or ONNX op costs, estimated from its operand types: FLOPs, bytes and loop shape.
 
-Part of the math behind :data:`service.features.mlir.FEATURE_VERSION`: change it → bump the version.
+Part of the math behind :data:`service.domains.mlir.features.FEATURE_VERSION`: change it → bump the version.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """MLIR features: the one place where a program's MLIR text becomes model inputs (no compiler involved).
 
-Training (``training/mlir.py``) and serving (``service/domains/mlir.py``) both call
+Training (:mod:`training.domains.mlir`) and serving (:mod:`service.domains.mlir.runtime`) both call
 :func:`features_from_summaries`; a fitted model records :data:`FEATURE_VERSION` and
 :data:`FEATURE_COLUMNS` (the last one a runtime baseline whose fitted figures the card carries, see
 :class:`RuntimeBaseline`), and loading refuses a model whose record differs from this module. Change the
 math here or in the modules below → bump the version.
 
 A program's text is first read into a :class:`Summary` (:func:`summarize`, in
-:mod:`service.features.mlir_summary`, which scans with :mod:`service.features.mlir_text` and estimates
-op costs with :mod:`service.features.mlir_cost`); this module lays summaries out as the feature table.
+:mod:`service.domains.mlir.summary`, which reads its lines with :mod:`service.domains.mlir.text` and
+:mod:`service.domains.mlir.scan` and estimates op costs with :mod:`service.domains.mlir.cost`); this
+module lays summaries out as the feature table.
 Every name those modules provide to other code is importable from here as well.
 """
 
@@ -30,15 +31,14 @@ from service.domains.mlir.cost import (
     POOLING,
     OpCost,
 )
+from service.domains.mlir.scan import BODY_OPS_SKIP, TRANSCENDENTAL
 from service.domains.mlir.summary import (
-    BODY_OPS_SKIP,
     DIALECTS,
     DIVISIBILITY,
     DTYPES,
     KNOWN_OPS,
     MAIN_EXTENTS,
     N_HASH,
-    TRANSCENDENTAL,
     Summary,
     summarize,
 )

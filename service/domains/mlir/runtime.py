@@ -2,10 +2,10 @@
 
 Every target is predicted from the text alone. Count targets were learned as ``log(value + offset)``
 (the card records the offset) and are mapped back here, never below 0 nor above the target's ceiling
-where the card records one (the measured CPU's vector register count; a utilization of 1). A program is
-flagged out of distribution when it uses op names, dialects or dtypes training never saw, or lies outside
-the training range of size; such programs get the wider "unseen" conformal interval (calibrated on
-held-out program families).
+where the card records one (the measured CPU's vector register count; a utilization of 1). A program
+flagged out of distribution (:func:`service.domains.mlir.profile.ood_reasons`: op names or dialects
+training never saw, or a size outside the training range) gets the wider "unseen" conformal interval
+(calibrated on held-out program families).
 """
 
 from __future__ import annotations
@@ -18,21 +18,11 @@ import numpy as np
 from service.core.model import TabularModel
 from service.domains.mlir import features
 from service.domains.mlir.cards import MlirCard
+from service.domains.mlir.profile import ood_reasons
 from service.domains.mlir.schemas import MlirInstance
 
 TARGETS = ("runtime_ms", "instructions", "vector_registers", "spills", "utilization")
 OOD_DEVICE = "<out-of-distribution program>"
-# Structure a program may have less of than every training program without being doubted: a two-op
-# linalg.matmul was flagged for "op count 2" and "nesting depth 0", although its ops were all seen and
-# the runtime baseline prices small work; more ops or deeper nesting than trained on is flagged.
-UPPER_BOUND_ONLY = ("ops_total", "max_depth")
-RANGE_LABELS = {
-    "log_flops": "estimated FLOPs",
-    "log_bytes": "estimated bytes",
-    "max_log_elements": "largest tensor (elements)",
-    "ops_total": "op count",
-    "max_depth": "nesting depth",
-}
 
 
 class ProgramError(ValueError):
@@ -77,31 +67,6 @@ def check_card(card: dict[str, Any]) -> None:
             features.positive_figure(spec["ceiling"], f"targets.{target}.ceiling")
 
 
-def _ood(summary: features.Summary, profile: dict[str, Any]) -> list[str]:
-    reasons = []
-    seen_ops = set(profile.get("ops", []))
-    if seen_ops:
-        unseen = sorted(op for op in summary.ops if op not in seen_ops)
-        if unseen:
-            shown = ", ".join(unseen[:10]) + (", ..." if len(unseen) > 10 else "")
-            reasons.append(f"op names never seen in training: {shown}")
-    seen_dialects = set(profile.get("dialects", []))
-    if seen_dialects:
-        unseen_d = sorted(d for d in summary.dialects if d not in seen_dialects)
-        if unseen_d:
-            reasons.append(f"dialects never seen in training: {', '.join(unseen_d)}")
-    for name, (lo, hi) in profile.get("ranges", {}).items():
-        value = summary.values.get(name)
-        if value is None or (lo <= value or name in UPPER_BOUND_ONLY) and value <= hi:
-            continue
-        shown_value, lo_, hi_ = (
-            (math.exp(value), math.exp(lo), math.exp(hi)) if "log" in name else (value, lo, hi)
-        )
-        label = RANGE_LABELS.get(name, name)
-        reasons.append(f"{label} {shown_value:.4g} outside the training range [{lo_:.4g}, {hi_:.4g}]")
-    return reasons
-
-
 def _summary_json(summary: features.Summary, seen_ops: set[str]) -> dict[str, Any]:
     v = summary.values
     return {
@@ -128,7 +93,7 @@ def predict(instances: list[MlirInstance], coverage: float, model: TabularModel)
     card = model.typed_card(MlirCard)
     profile = card.profile
     seen_ops = set(profile.get("ops", []))
-    ood = [_ood(s, profile) for s in summaries]
+    ood = [ood_reasons(s, profile) for s in summaries]
     device = card.device
     devices = [OOD_DEVICE if reasons else device for reasons in ood]
     results = model.predict(table, coverage, devices)

@@ -1,7 +1,7 @@
-"""The op summary of one MLIR program: what :mod:`service.features.mlir` turns into model inputs.
+"""The op summary of one MLIR program: what :mod:`service.domains.mlir.features` turns into model inputs.
 
-Part of the math behind :data:`service.features.mlir.FEATURE_VERSION`: change it → bump the version.
-The text is read by :mod:`service.features.mlir_text`'s scanner, so that any dialect is counted
+Part of the math behind :data:`service.domains.mlir.features.FEATURE_VERSION`: change it → bump the
+version. The text is read by :mod:`service.domains.mlir.text`'s scanner, so that any dialect is counted
 instead of rejected:
 
 * large constants (``dense_resource`` blobs, the ``{-# dialect_resources #-}`` section, ``dense<...>``
@@ -9,11 +9,14 @@ instead of rejected:
 * each statement's op name is read (custom ``dialect.op`` form, generic ``"dialect.op"(...)`` form, and
   the ONNX op inside ``torch.operator "onnx.X"``) and counted per op (:data:`KNOWN_OPS`) and per dialect
   (:data:`DIALECTS`); anything else lands in ``ops_unknown`` / ``dialects_unknown``;
+* per linalg / ONNX op the FLOPs and bytes are estimated from its operand types
+  (:mod:`service.domains.mlir.cost`); these line-by-line totals are kept by :mod:`service.domains.mlir.scan`;
 * every tensor type (``tensor<4x8xf32>``, ``!torch.vtensor<[4,8],f32>``) gives shape and dtype
-  statistics, and per linalg / ONNX op the FLOPs and bytes are estimated from its operand types
-  (:mod:`service.features.mlir_cost`);
+  statistics;
 * the region nesting depth, and relative frequencies of hashed token uni- and bigrams (SSA names and
   numbers normalised) complete the picture.
+
+This module lays all of it out as a :class:`Summary`'s values.
 """
 
 from __future__ import annotations
@@ -26,18 +29,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from service.domains.mlir.cost import innermost, linalg_cost, onnx_cost, reduces_only_unit_dims
-from service.domains.mlir.text import (
-    FUNC_SIG,
-    IN_OUT,
-    STRING,
-    TOKEN,
-    TensorType,
-    logical_lines,
-    op_names,
-    parse_types,
-    strip_constants,
-)
+from service.domains.mlir.scan import Dominant, Scan
+from service.domains.mlir.text import FUNC_SIG, TOKEN, TensorType, logical_lines, parse_types, strip_constants
 
 # Op names counted one by one: what linalg-on-tensors programs and IREE's ONNX importer produce. Ops
 # outside this list are still counted per dialect and as unknown (and flagged as out of distribution
@@ -131,8 +124,6 @@ N_HASH = 64
 # input's innermost dimension) and what is recorded of each (see _divisibility).
 MAIN_EXTENTS = ("last", "second", "third", "k", "input_last")
 DIVISIBILITY = ("mod16", "pow2", "div16", "div64")
-TRANSCENDENTAL = {"math.exp", "math.tanh", "math.log", "math.sqrt", "math.rsqrt", "math.erf", "math.powf"}
-BODY_OPS_SKIP = {"linalg.yield", "arith.constant"}
 
 
 @dataclass
@@ -149,153 +140,15 @@ def _log(x: float) -> float:
     return math.log(x) if x > 0 else 0.0
 
 
-@dataclass
-class _Generic:
-    """The linalg.generic being read: its iteration space and whether it reduces; its body ops are
-    counted until its region (opened at ``depth``) closes."""
-
-    space: float
-    reduces: bool
-    nbytes: float
-    unit_reduction: bool
-    inner: int
-    shape: tuple[int, ...]
-    depth: int
-    body: float = 0.0
-    trans: float = 0.0
-
-
-@dataclass
-class _Dominant:
-    """The op doing the most work (FLOPs, else bytes) shapes the dominant dispatch: its name, shape and
-    reduction size, and how those align with vector widths, drive code size and register use."""
-
-    work: float = -1.0
-    name: str = ""
-    shape: tuple[int, ...] = ()
-    k: float = 0.0
-    inner: int = 0
-
-    def consider(self, name: str, work: float, shape: tuple[int, ...], k: float, inner: int) -> None:
-        if work > self.work:
-            self.work, self.name, self.shape, self.k, self.inner = work, name, shape, k, inner
-
-
-@dataclass
-class _Scan:
-    """The running totals of one program while its logical lines are read in order."""
-
-    summary: Summary
-    # The summary lists its log_<class>_flops values in this order.
-    flops: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(
-            ("contraction", "conv", "pool", "elementwise", "reduction"), 0.0
-        )
-    )
-    total_bytes: float = 0.0
-    movement_bytes: float = 0.0
-    max_op: float = 0.0
-    max_k: float = 0.0
-    min_mn: float = math.inf
-    generic_red: int = 0
-    generic_par: int = 0
-    body_ops: int = 0
-    transcendental: int = 0
-    work_ops: int = 0
-    depth: int = 0
-    max_depth: int = 0
-    regions: int = 0
-    generic: _Generic | None = None
-    main: _Dominant = field(default_factory=_Dominant)
-
-    def read(self, line: str) -> None:
-        code = STRING.sub(lambda m: m.group(0) if m.group(0).startswith('"onnx.') else '""', line)
-        for name in op_names(line):
-            self.summary.ops[name] += 1
-            self.summary.dialects[name.split(".", 1)[0]] += 1
-            self._count_body_op(name)
-            if name == "linalg.generic":
-                self._open_generic(line)
-            elif name.startswith(("linalg.", "onnx.")):
-                self._add_op(name, line)
-        opened, closed = code.count("{"), code.count("}")
-        self.depth += opened - closed
-        self.regions += max(0, opened - closed)
-        self.max_depth = max(self.max_depth, self.depth)
-        if self.generic is not None and self.depth <= self.generic.depth and "}" in code:
-            self._close_generic(self.generic)
-            self.generic = None
-
-    def _count_body_op(self, name: str) -> None:
-        if self.generic is not None and name not in BODY_OPS_SKIP and not name.startswith("linalg."):
-            self.generic.body += 1
-            self.body_ops += 1
-            if name in TRANSCENDENTAL:
-                self.generic.trans += 1
-                self.transcendental += 1
-
-    def _open_generic(self, line: str) -> None:
-        types = parse_types(line)
-        reduces = "reduction" in line
-        self.generic_red += reduces
-        self.generic_par += not reduces
-        shape = max(types, key=lambda t: t.elements).shape if types else ()
-        m = IN_OUT.search(line)
-        self.generic = _Generic(
-            space=max((t.elements for t in types), default=1.0),
-            reduces=reduces,
-            nbytes=sum(t.nbytes for t in parse_types(m.group(1) + "," + m.group(2))) if m else 0.0,
-            unit_reduction=reduces_only_unit_dims(line, shape),
-            inner=innermost(parse_types(m.group(1)) if m else []),
-            shape=shape,
-            depth=self.depth,
-        )
-
-    def _add_op(self, name: str, line: str) -> None:
-        cost = linalg_cost if name.startswith("linalg.") else onnx_cost
-        op = cost(name, line)
-        f, b, cls, k, mn = op.flops, op.nbytes, op.cls, op.k, op.mn
-        # The result types follow the last "->" (the whole line when there is none).
-        out_types = parse_types(line.rsplit("->", 1)[-1])
-        if name != "linalg.fill":  # a fill is fused into its consumer: never the dominant op
-            self.main.consider(
-                name, f or b, out_types[-1].shape if out_types else (), k or op.window, op.inner
-            )
-        self.total_bytes += b
-        # A fill only initialises what its consumer writes; compilers fuse it into that consumer.
-        self.work_ops += cls not in ("reshape", "other") and name != "linalg.fill"
-        if cls in self.flops:
-            self.flops[cls] += f
-            self.max_op = max(self.max_op, f)
-        elif cls == "movement":
-            self.movement_bytes += b
-        if k:
-            self.max_k, self.min_mn = max(self.max_k, k), min(self.min_mn, mn)
-
-    def _close_generic(self, generic: _Generic) -> None:
-        if generic.unit_reduction and generic.body <= 1:  # a copy in disguise: no work
-            return
-        self.work_ops += 1
-        # Exp-like functions cost several FLOPs per element on a CPU.
-        per_element = max(1.0, generic.body + 7.0 * generic.trans)
-        f = generic.space * per_element
-        self.flops["reduction" if generic.reduces else "elementwise"] += f
-        self.max_op = max(self.max_op, f)
-        self.total_bytes += generic.nbytes
-        shape = generic.shape
-        k = float(shape[-1]) if generic.reduces and shape else 0.0
-        self.main.consider("linalg.generic", f, shape, k, generic.inner)
-
-
 def summarize(text: str) -> Summary:
     """Scan one program (see the module docstring). Never raises on unknown ops or dialects."""
     stripped, blobs = strip_constants(text)
-    scan = _Scan(Summary())
+    scan = Scan()
     lines = logical_lines(stripped)
     for line in lines:
         scan.read(line)
     types = parse_types(stripped)
-    summary = scan.summary
+    summary = Summary(ops=scan.ops, dialects=scan.dialects)
     values = summary.values
     values.update(_type_stats(types))
     values.update(_dominant_stats(scan.main))
@@ -327,7 +180,7 @@ def _type_stats(types: list[TensorType]) -> dict[str, float]:
     }
 
 
-def _dominant_stats(main: _Dominant) -> dict[str, float]:
+def _dominant_stats(main: Dominant) -> dict[str, float]:
     shape = main.shape
     values = {
         "main_op_code": float(zlib.crc32(main.name.encode()) % 1_000_003) if main.name else -1.0,
@@ -358,7 +211,7 @@ def _signature_stats(stripped: str) -> dict[str, float]:
     }
 
 
-def _cost_stats(scan: _Scan) -> dict[str, float]:
+def _cost_stats(scan: Scan) -> dict[str, float]:
     flops, total_bytes = scan.flops, scan.total_bytes
     total_flops = sum(flops.values())
     return {
@@ -379,8 +232,8 @@ def _cost_stats(scan: _Scan) -> dict[str, float]:
     }
 
 
-def _structure_stats(scan: _Scan, n_lines: int, text_bytes: int, blobs: int) -> dict[str, float]:
-    ops, dialects = scan.summary.ops, scan.summary.dialects
+def _structure_stats(scan: Scan, n_lines: int, text_bytes: int, blobs: int) -> dict[str, float]:
+    ops, dialects = scan.ops, scan.dialects
     known_ops, known_dialects = set(KNOWN_OPS), set(DIALECTS)
     return {
         "ops_total": float(sum(ops.values())),

@@ -1,4 +1,4 @@
-"""Reading MLIR text without a compiler: what :mod:`service.features.mlir_summary` scans.
+"""Reading MLIR text without a compiler: what :mod:`service.domains.mlir.summary` scans.
 
 A small line-oriented scanner rather than an MLIR parser, so that any dialect — including ones never
 heard of — is read instead of rejected: large constants are cut out first, statements are joined into

@@ -20,7 +20,7 @@ from service.domains.gemm.dtypes import dtype_peak
 from service.domains.gemm.features import flops
 from training.core.datasets import fetch, get_spec
 from training.core.report import LoadReport
-from training.domains.gemm.aiconfigurator import load_aiconfigurator_campaigns
+from training.domains.gemm.aiconfigurator_campaigns import load_aiconfigurator_campaigns
 
 ROOT = Path(__file__).resolve().parents[3]
 CATALOG_FILE = ROOT / "service" / "data" / "devices.json"

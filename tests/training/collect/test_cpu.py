@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.core.devices import DeviceSpec
-from training.collect import cli, cpu_gemm, local_cpu, storage
+from training.collect import cli, cpu_gemm, cpu_sweep, local_cpu, storage
 
 REPO = Path(__file__).resolve().parents[3]
 # Tiny shapes only, one BLAS thread, a small bandwidth array: a run costs milliseconds per configuration.
@@ -35,9 +35,9 @@ def _invoke(*args: str):  # type: ignore[no-untyped-def]
 
 
 def test_sweep_is_deterministic_large_and_spans_the_space() -> None:
-    sweep = cpu_gemm.build_sweep([1, 2])
+    sweep = cpu_sweep.build_sweep([1, 2])
     keys = sweep.keys()
-    assert keys == cpu_gemm.build_sweep([1, 2]).keys()
+    assert keys == cpu_sweep.build_sweep([1, 2]).keys()
     assert len(keys) >= 2200
     assert len(set(keys)) == len(keys)
     configs = sweep.configs
@@ -51,7 +51,7 @@ def test_sweep_is_deterministic_large_and_spans_the_space() -> None:
     assert any((c.m, c.n, c.k) == (4096, 64, 4096) for c in configs)
     assert any((c.m, c.n, c.k) == (1, 2048, 2048) for c in configs)
     # The skip rule is explicit: everything kept is under the cap, everything left out says why.
-    assert all(c.conservative_call_seconds() <= cpu_gemm.DEFAULT_MAX_CALL_SECONDS for c in configs)
+    assert all(c.conservative_call_seconds() <= cpu_sweep.DEFAULT_MAX_CALL_SECONDS for c in configs)
     assert sweep.skipped and all(reason for _, reason in sweep.skipped)
     assert not {c.key for c, _ in sweep.skipped} & set(keys)
     # Keys are what resumption relies on: pin the exact sweep (update deliberately if the sweep changes).
@@ -61,11 +61,11 @@ def test_sweep_is_deterministic_large_and_spans_the_space() -> None:
 
 def test_default_threads_are_one_to_nproc() -> None:
     nproc = local_cpu.local_cpu_count()
-    threads = cpu_gemm.default_threads()
+    threads = cpu_sweep.default_threads()
     assert threads[0] == 1 and threads[-1] == nproc
     if nproc <= 8:
         assert threads == list(range(1, nproc + 1))
-    assert {c.threads for c in cpu_gemm.build_sweep().configs} == set(threads)
+    assert {c.threads for c in cpu_sweep.build_sweep().configs} == set(threads)
 
 
 def test_tiny_run_writes_measurements_device_and_environment(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_tiny_run_writes_measurements_device_and_environment(tmp_path: Path) -> 
     with open(out / storage.MEASUREMENTS, newline="") as fh:
         assert tuple(next(csv.reader(fh))) == cpu_gemm.COLUMNS
     rows = _rows(out / storage.MEASUREMENTS)
-    expected = cpu_gemm.build_sweep([1], 0.0005).keys()[:6]
+    expected = cpu_sweep.build_sweep([1], 0.0005).keys()[:6]
     assert [r["key"] for r in rows] == expected
     device = DeviceSpec.model_validate(json.loads((out / storage.DEVICE_FILE).read_text()))
     assert device.kind == "cpu"
@@ -136,7 +136,7 @@ def test_sigkill_then_rerun_yields_each_key_exactly_once(tmp_path: Path) -> None
     assert "partially written" in done.stderr
     keys = [r["key"] for r in _rows(csv_path)]
     assert len(keys) == len(set(keys)) == n
-    assert set(keys) == set(cpu_gemm.build_sweep([1], 0.0005).keys()[:n])
+    assert set(keys) == set(cpu_sweep.build_sweep([1], 0.0005).keys()[:n])
     assert csv_path.read_bytes().endswith(b"\n")
 
 

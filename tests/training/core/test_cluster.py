@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from distributed import get_task_stream
 
-from service.core.model import OnnxTrees
 from service.core.settings import Settings
+from service.core.targets import OnnxTrees
 from service.domains.gemm import features as gemm_features
 from training.core.cluster import training_on_cluster
 from training.core.models import CostRegressor

@@ -21,6 +21,7 @@ PUBLISHER = textwrap.dedent(
     import numpy as np, pandas as pd
     from training.core.models import CostRegressor
     from training.core.publish import publish
+    from service.domains import DOMAINS
 
     rng = np.random.default_rng(0)
     X = pd.DataFrame(rng.random((400, 4)), columns=list("abcd"))
@@ -28,7 +29,7 @@ PUBLISHER = textwrap.dedent(
     model = CostRegressor(candidates=("random_forest",), n_splits=2).fit(X, y)
     print("ready", flush=True)
     while True:
-        publish(Path(sys.argv[1]), "toy", {"domain": "toy"}, {"t1": (model, {}), "t2": (model, {})})
+        publish(Path(sys.argv[1]), "toy", DOMAINS["gemm"], {}, {"t1": (model, {}), "t2": (model, {})})
     """
 )
 

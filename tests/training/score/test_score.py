@@ -4,6 +4,7 @@ reported by row, line and reason, and a run that fails publishes nothing."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from dataclasses import replace
@@ -183,16 +184,16 @@ def test_a_failing_partition_publishes_nothing(
 ) -> None:
     source = tmp_path / "table.parquet"
     instances(60).to_parquet(source, row_group_size=20)
-    real = run.score_chunk
+    real = run.table_scorer("gemm")
     calls = []
 
     def flaky(frame: pd.DataFrame, first_row: int, *args: Any) -> Any:
         calls.append(first_row)
         if first_row == 20:
             raise MemoryError("worker ran out of memory")
-        return real(frame, first_row, *args)
+        return real.score_chunk(frame, first_row, *args)
 
-    monkeypatch.setattr(run, "score_chunk", flaky)
+    monkeypatch.setattr(run, "table_scorer", lambda domain: dataclasses.replace(real, score_chunk=flaky))
     # Threads, not processes: the patched function is the one the workers run.
     failure = r"1 of 3 partitions failed after 2 retries.*rows 20-39.*out of memory"
     with (

@@ -21,6 +21,28 @@ log = logging.getLogger(__name__)
 DEFAULT_OUT = Path("datasets") / "mlir-cpu-local"
 
 
+def _check_options(
+    out: Path,
+    per_family: int,
+    limit: int | None,
+    repetitions: int,
+    min_time: float,
+    threads: int | None,
+    invocations: int,
+) -> None:
+    """Reject bad options (BadParameter) before the sweep is drawn or anything is measured."""
+    check_at_least(per_family, 1, "--per-family")
+    check_at_least(limit, 1, "--limit")
+    check_at_least(repetitions, 5, "--repetitions")
+    check_min_time(min_time)
+    cpus = os.cpu_count() or 1
+    if threads is not None and not 1 <= threads <= cpus:
+        raise typer.BadParameter(f"must be between 1 and {cpus}, got {threads}", param_hint="'--threads'")
+    if not 1 <= invocations <= 20:
+        raise typer.BadParameter(f"must be between 1 and 20, got {invocations}", param_hint="'--invocations'")
+    check_out(out)
+
+
 def mlir(
     out: OutDir = DEFAULT_OUT,
     per_family: Annotated[
@@ -44,16 +66,7 @@ def mlir(
     ] = False,
 ) -> None:
     """Generate MLIR programs, compile them with IREE for this CPU and benchmark them (resumable)."""
-    check_at_least(per_family, 1, "--per-family")
-    check_at_least(limit, 1, "--limit")
-    check_at_least(repetitions, 5, "--repetitions")
-    check_min_time(min_time)
-    cpus = os.cpu_count() or 1
-    if threads is not None and not 1 <= threads <= cpus:
-        raise typer.BadParameter(f"must be between 1 and {cpus}, got {threads}", param_hint="'--threads'")
-    if not 1 <= invocations <= 20:
-        raise typer.BadParameter(f"must be between 1 and 20, got {invocations}", param_hint="'--invocations'")
-    check_out(out)
+    _check_options(out, per_family, limit, repetitions, min_time, threads, invocations)
     specs = build_sweep(per_family)
     if limit is not None:
         specs = specs[:limit]

@@ -21,10 +21,11 @@ import pandas as pd
 import typer
 from rich.console import Console
 
-from service.core.cards import parse_card
 from service.core.devices import DeviceCatalog, DeviceError, DeviceSpec, read_device_file
-from service.core.model import CARD, file_sha256, list_versions
+from service.core.model import file_sha256
+from service.core.registry import Refusal, newest_usable
 from service.core.settings import Settings
+from service.domains import DOMAINS
 from service.domains.gemm.cards import GemmCard
 from training.core.datasets import DatasetError
 from training.core.publish import publish
@@ -33,22 +34,21 @@ from training.domains.gemm.data import COLUMNS, GemmData, load_gemm, load_measur
 from training.domains.gemm.train import dataset_entry, fit_gemm, gemm_card, merged
 
 log = logging.getLogger(__name__)
-app = typer.Typer(help="Adapt a published model to your own device's measurements.", no_args_is_help=True)
 
 
 def latest_card(settings: Settings, name: str) -> GemmCard:
-    versions = list_versions(settings.model_dir, name)
-    if not versions:
+    """The card of the version the service serves (the registry's rule: the newest that loads)."""
+    refused: list[Refusal] = []
+    model = newest_usable(settings.model_dir, name, DOMAINS, refused)
+    if model is None:
+        why = "; ".join(f"version {r.version}: {r.reason}" for r in refused)
         raise DatasetError(
-            f"no published {name!r} model in {settings.model_dir}: run 'perfcost train gemm' first"
+            f"no published {name!r} model in {settings.model_dir} that loads"
+            + (f" ({why})" if why else ": run 'perfcost train gemm' first")
         )
-    raw = json.loads((versions[-1] / CARD).read_text())
-    if not isinstance(raw, dict) or raw.get("domain") != "gemm":
-        raise DatasetError(f"model {name!r} version {versions[-1].name} is not a GEMM model")
-    try:
-        return parse_card(raw, GemmCard)
-    except ValueError as exc:
-        raise DatasetError(f"model {name!r} version {versions[-1].name}: {exc}") from exc
+    if model.meta is None or model.meta.domain != "gemm":
+        raise DatasetError(f"model {name!r} version {model.version} is not a GEMM model")
+    return model.typed_card(GemmCard)
 
 
 def training_data(card: GemmCard, settings: Settings) -> list[GemmData]:
@@ -137,11 +137,10 @@ def calibrate_gemm_model(
         calibrations=[*kept, this],
         calibrated_from=card.version,
     )
-    path = publish(settings.model_dir, name, new_card, fit.models)
+    path = publish(settings.model_dir, name, DOMAINS["gemm"], new_card, fit.models)
     return path.name, len(rows)
 
 
-@app.command("gemm")
 def calibrate_gemm(
     measurements: Annotated[
         Path,

@@ -94,39 +94,42 @@ def _deepbench_block(grid: pd.DataFrame, where: str) -> pd.DataFrame:
     return block
 
 
+def _workbook_blocks(rel: str, path: Path) -> list[pd.DataFrame]:
+    """The GEMM blocks of one workbook (its first FP32 sheet, and its FP16 sheet where there is one), each
+    row labelled with its place (``line``), the workbook's device and the sheet's dtype."""
+    device = DEEPBENCH_DEVICES.get(rel)
+    if device is None:
+        raise DatasetError(f"deepbench: {rel} is not a known DeepBench workbook")
+    with warnings.catch_warnings():
+        # The workbooks carry an Excel extension openpyxl does not read; the cell values are unaffected.
+        warnings.filterwarnings("ignore", "Unknown extension", UserWarning)
+        # Text such as 'N/A' stays text, so a rejected row shows what the cell held.
+        sheets = pd.read_excel(
+            path, sheet_name=None, header=None, engine="openpyxl", keep_default_na=False, na_values=[""]
+        )
+    chosen = []
+    for tag, dtype in DEEPBENCH_SHEET_DTYPES:
+        names = [s for s in sheets if tag.lower() in str(s).lower()]
+        if names:
+            chosen.append((names[0], dtype))
+        elif dtype == "float32":
+            raise DatasetError(f"deepbench: {rel} has no FP32 sheet (sheets: {', '.join(map(str, sheets))})")
+    blocks = []
+    for sheet, dtype in chosen:
+        block = _deepbench_block(sheets[sheet], f"deepbench: {rel}, sheet {sheet!r}")
+        block = block.loc[block.notna().any(axis=1)]  # blank rows separate the groups
+        if block.empty:
+            raise DatasetError(f"deepbench: {rel}, sheet {sheet!r}: the GEMM block has no rows")
+        blocks.append(
+            block.assign(line=[f"{rel}:{sheet}:{i + 1}" for i in block.index], device=device, dtype=dtype)
+        )
+    return blocks
+
+
 def load_deepbench(paths: dict[str, Path], report: LoadReport) -> pd.DataFrame:
     """DeepBench cuBLAS GEMM times: the "Dense Matrix Multiplication" block of each workbook's first FP32
     sheet and of its FP16 sheet (V100, T4: mixed precision; P100: pseudo-FP16), nothing else."""
-    frames = []
-    for rel, path in sorted(paths.items()):
-        device = DEEPBENCH_DEVICES.get(rel)
-        if device is None:
-            raise DatasetError(f"deepbench: {rel} is not a known DeepBench workbook")
-        with warnings.catch_warnings():
-            # The workbooks carry an Excel extension openpyxl does not read; the cell values are unaffected.
-            warnings.filterwarnings("ignore", "Unknown extension", UserWarning)
-            # Text such as 'N/A' stays text, so a rejected row shows what the cell held.
-            sheets = pd.read_excel(
-                path, sheet_name=None, header=None, engine="openpyxl", keep_default_na=False, na_values=[""]
-            )
-        chosen = []
-        for tag, dtype in DEEPBENCH_SHEET_DTYPES:
-            names = [s for s in sheets if tag.lower() in str(s).lower()]
-            if names:
-                chosen.append((names[0], dtype))
-            elif dtype == "float32":
-                raise DatasetError(
-                    f"deepbench: {rel} has no FP32 sheet (sheets: {', '.join(map(str, sheets))})"
-                )
-        for sheet, dtype in chosen:
-            block = _deepbench_block(sheets[sheet], f"deepbench: {rel}, sheet {sheet!r}")
-            block = block.loc[block.notna().any(axis=1)]  # blank rows separate the groups
-            if block.empty:
-                raise DatasetError(f"deepbench: {rel}, sheet {sheet!r}: the GEMM block has no rows")
-            block = block.assign(
-                line=[f"{rel}:{sheet}:{i + 1}" for i in block.index], device=device, dtype=dtype
-            )
-            frames.append(block)
+    frames = [block for rel, path in sorted(paths.items()) for block in _workbook_blocks(rel, path)]
     raw = pd.concat(frames, ignore_index=True)
     raw = raw.loc[positive_mask(raw, ("m", "n", "k", "time_ms"), report, raw["line"])]
     keep = pd.Series(True, index=raw.index)

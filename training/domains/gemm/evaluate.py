@@ -8,23 +8,27 @@ import math
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
 from sklearn.model_selection import GroupShuffleSplit
 
 from service.core.devices import DeviceCatalog, DeviceSpec
 from service.core.model import TabularModel
 from service.core.settings import Settings
+from service.domains.gemm import DOMAIN as GEMM
 from service.domains.gemm import features as gemm_features
 from service.domains.gemm import runtime as gemm_domain
 from service.domains.gemm.schemas import GemmInstance
 from training.collect.gpu_sweep import calibration_sweep
-from training.core.datasets import DatasetError
+from training.core.candidates import extrapolation_fold
+from training.core.datasets import REGISTRY, DatasetError
 from training.core.metrics import COVERAGE, summarize
-from training.core.models import extrapolation_fold
-from training.core.plots import error_bars, pred_vs_measured
+from training.core.plots import error_bars, pred_vs_measured, write_report
 from training.core.publish import publish
 from training.domains.gemm.data import load_gemm
 from training.domains.gemm.train import GemmFit, fit_gemm, gemm_card, merged
@@ -107,7 +111,7 @@ def served_predictions(
     devices and larger sizes), so the scores are those of what users get."""
     trained = {d: devices[d] for d in sorted(train["device"].unique())}
     with tempfile.TemporaryDirectory(prefix="perfcost-eval-") as tmp:
-        path = publish(Path(tmp), "gemm", gemm_card(train, trained, [], 0.0), fit.models)
+        path = publish(Path(tmp), "gemm", GEMM, gemm_card(train, trained, [], 0.0), fit.models)
         model = TabularModel(
             path, gemm_features.FEATURE_VERSION, gemm_features.FEATURE_COLUMNS, gemm_features.with_k
         ).load()
@@ -264,3 +268,101 @@ def write_gemm_plots(predictions: pd.DataFrame, metrics: dict[str, Any], folder:
         title = f"{metrics['dataset']} {target}: error by device and size"
         written.append(error_bars(groups, title, folder / f"error_by_group_{target}.png"))
     return written
+
+
+def print_table(metrics: dict[str, Any], published: dict[str, Any]) -> None:
+    table = Table(
+        title=f"{metrics['dataset']} / {metrics['protocol']} "
+        f"(n_train={metrics['n_train']}, n_test={metrics['n_test']})"
+    )
+    for col in ("target", "model", "R²", "MAPE", "median APE", "p90 APE", "≤10%", "90% cov.", "published"):
+        table.add_column(col)
+    for target, m in metrics["targets"].items():
+        pub = published.get(target, {})
+        table.add_row(
+            target,
+            m["model"],
+            f"{m['r2']:.4f}",
+            f"{m['mape']:.2%}",
+            f"{m['median_ape']:.2%}",
+            f"{m['p90_ape']:.2%}",
+            f"{m['within_10pct']:.1%}",
+            f"{m['interval_coverage_90']:.3f}",
+            ", ".join(f"{k} {v}" for k, v in pub.items()) or "-",
+        )
+    console = Console()
+    console.print(table)
+    if "note" in published:
+        console.print(f"published: {published['note']}")
+    groups = Table(title="runtime by device, op and device / op")
+    for col in ("group", "runtime MAPE", "median APE", "90% cov.", "n_test"):
+        groups.add_column(col)
+    for group, v in metrics["groups"].items():
+        if not group.startswith("size:") and "runtime_ms" in v:
+            r = v["runtime_ms"]
+            groups.add_row(
+                group,
+                f"{r['mape']:.2%}",
+                f"{r['median_ape']:.2%}",
+                f"{r['interval_coverage_90']:.3f}",
+                str(r["n_test"]),
+            )
+    console.print(groups)
+
+
+def evaluate_gemm(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="GEMM dataset name")],
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="random (80/20, seed 0), group-device (leave one device out), extrapolate (per device, "
+            "train on the 80% smallest GEMMs by FLOPs, test on the largest 20%) or transfer (train on "
+            "--train-dataset, test on every row of --dataset)"
+        ),
+    ] = "random",
+    calibrate: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=32,
+            help="group-device: add this many rows of the held-out device to training (those nearest the "
+            "shipped calibration sweep's shapes); the rest are the test",
+        ),
+    ] = 0,
+    train_dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--train-dataset",
+            help="transfer: dataset(s) to train on; group-device: dataset(s) added to each fold's "
+            "training, without the held-out device's rows",
+        ),
+    ] = None,
+    sample: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Evaluate on a seeded sample of about this many rows (each device and dtype in "
+            "proportion) for a quick iteration; 0: every row. The report's protocol says so",
+        ),
+    ] = 0,
+) -> None:
+    """Evaluate GEMM models on held-out data as the service serves them; print a table next to the
+    published figures."""
+    if protocol not in PROTOCOLS:
+        raise typer.BadParameter(f"must be one of {', '.join(PROTOCOLS)}", param_hint="--protocol")
+    settings = Settings()
+    try:
+        metrics, predictions = evaluate_gemm_dataset(
+            dataset,
+            protocol,
+            settings,
+            calibrate=calibrate,
+            train_datasets=train_dataset or (),
+            sample=sample,
+        )
+    except DatasetError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--dataset / --protocol") from exc
+    folder = write_report(settings.report_dir, metrics, predictions, write_gemm_plots)
+    published = REGISTRY[dataset].published if dataset in REGISTRY else {}
+    print_table(metrics, published)
+    Console().print(f"wrote {folder / 'metrics.json'} and plots")

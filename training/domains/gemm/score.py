@@ -12,7 +12,6 @@ message.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ from service.core.devices import DeviceCatalog, DeviceSpec
 from service.core.model import TabularModel
 from service.domains.gemm import runtime as gemm
 from service.domains.gemm.schemas import GemmInstance
+from training.core.domain import Chunk
 from training.core.report import parse_boolean
 
 # Quantities with an interval, as the response names them; each becomes three columns.
@@ -139,15 +139,6 @@ def output_schema(given: list[str]) -> pa.Schema:
         pa.field("ood_reasons", pa.list_(pa.string())),
     ]
     return pa.schema(fields)
-
-
-@dataclass
-class Chunk:
-    """A chunk's scored rows (in :func:`output_schema`) and the rows refused, each with its row number,
-    field(s) and reason."""
-
-    table: pa.Table
-    errors: list[tuple[int, str, str]]
 
 
 def _devices(

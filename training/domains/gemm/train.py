@@ -19,10 +19,11 @@ from service.core.devices import DeviceSpec
 from service.core.settings import Settings
 from service.domains.gemm import DOMAIN as GEMM
 from service.domains.gemm import features as gemm_features
-from service.domains.gemm import runtime as gemm_domain
+from service.domains.gemm import profile as gemm_profile
+from training.core.candidates import REGIMES
 from training.core.cluster import ClusterError, training_on_cluster
 from training.core.datasets import DatasetError, get_spec, is_available
-from training.core.models import REGIMES, CostRegressor
+from training.core.models import CostRegressor
 from training.core.publish import publish
 from training.core.split_regressor import SplitRegressor
 from training.domains.gemm.data import GemmData, available_gemm_datasets, load_gemm, load_gemm_dir
@@ -34,14 +35,14 @@ log = logging.getLogger(__name__)
 MONOTONE_IN_K = ("runtime_ms", "energy_j")
 GEMM_TARGETS: dict[str, bool] = {t: t in MONOTONE_IN_K for t in GEMM.targets}
 # One structure for every target: a LightGBM learns, from inputs with no figure of the device itself
-# (gemm_features.MODEL_INPUTS), the log ratio of the target to a physics figure of the device: runtime to
-# the reference time (the physics time plus gemm_features.REFERENCE_MS), power to the TDP, energy to the
-# TDP over the reference time. Trees predict within the ratios they were fit on, so a new GPU or a larger
-# GEMM is priced by its physics, and no runtime is ever predicted below the device's roofline (the floor):
-# utilization never exceeds 1. The baselines are non-decreasing in k, so the monotone guarantee holds for
-# the sums. aiconfigurator group-device, all 96,000 rows: 26.6% runtime MAPE, every GPU's own rows held
-# out (the former choice among a LightGBM and a random forest, raw or relative, with every device figure
-# as input: 26.3% on a 10,000-row sample); NeuSight extrapolate 28.6% (57.2% with k-growing inputs).
+# (gemm_features.MODEL_INPUTS), the log ratio of the target to a physics figure of the device: runtime to the
+# reference time (the physics time plus service.domains.gemm.figures.REFERENCE_MS), power to the TDP, energy
+# to the TDP over the reference time. Trees predict within the ratios they were fit on, so a new GPU or a
+# larger GEMM is priced by its physics, and no runtime is ever predicted below the device's roofline (the
+# floor): utilization never exceeds 1. The baselines are non-decreasing in k, so the monotone guarantee holds
+# for the sums. aiconfigurator group-device, all 96,000 rows: 26.6% runtime MAPE, every GPU's own rows held
+# out (the former choice among a LightGBM and a random forest, raw or relative, with every device figure as
+# input: 26.3% on a 10,000-row sample); NeuSight extrapolate 28.6% (57.2% with k-growing inputs).
 GEMM_BASELINES = {"runtime_ms": "log_reference_ms", "power_w": "log_tdp_w", "energy_j": "log_tdp_energy_j"}
 GEMM_FLOORS = {"runtime_ms": "log_roofline_ms"}
 GEMM_CANDIDATES = ("lightgbm",)
@@ -185,12 +186,9 @@ def gemm_card(
 ) -> dict[str, Any]:
     """The card of a GEMM model fit on ``frame`` (what the service reads besides the model files)."""
     return {
-        "domain": "gemm",
-        "feature_version": gemm_features.FEATURE_VERSION,
-        "feature_columns": list(gemm_features.FEATURE_COLUMNS),
         "datasets": datasets,
         "devices": [spec.model_dump() for spec in devices.values()],
-        "profile": gemm_domain.profile(frame),
+        "profile": gemm_profile.profile(frame),
         "training_seconds": round(seconds, 1),
         **extra,
     }
@@ -221,7 +219,7 @@ def publish_gemm(loaded: list[GemmData], settings: Settings, name: str = "gemm",
     card = gemm_card(
         frame, devices, [dataset_entry(d) for d in loaded], time.perf_counter() - started, **extra
     )
-    path = publish(settings.model_dir, name, card, fit.models)
+    path = publish(settings.model_dir, name, GEMM, card, fit.models)
     return path.name
 
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from service.core.devices import DeviceCatalog
 from service.core.model import TabularModel, list_versions
 from service.core.settings import Settings
+from service.domains.gemm import DOMAIN as GEMM
 from service.domains.gemm import features
 from service.domains.gemm import runtime as gemm
 from service.domains.gemm.schemas import GemmInstance
@@ -146,7 +147,7 @@ def test_evaluation_scores_exactly_what_the_service_returns(settings: Settings) 
     fit = fit_gemm(train, data.devices)
     scored = served_predictions(fit, train, test, data.devices)
     trained = {d: data.devices[d] for d in sorted(train["device"].unique())}
-    version = publish(settings.model_dir, "gemm", gemm_card(train, trained, [], 0.0), fit.models)
+    version = publish(settings.model_dir, "gemm", GEMM, gemm_card(train, trained, [], 0.0), fit.models)
     model = TabularModel(version, features.FEATURE_VERSION, features.FEATURE_COLUMNS, features.with_k).load()
     requests = [json.loads(i.model_dump_json(exclude_none=True)) for i in gemm_instances(test)]
     served = gemm.predict(

@@ -10,10 +10,13 @@ import pytest
 
 from service.core.model import TabularModel
 from service.core.settings import Settings
+from service.domains.cpu import DOMAIN as CPU
 from service.domains.cpu import features as cpu
+from service.domains.cpu import profile as cpu_profile
 from training.core.publish import publish
 from training.domains.cpu.data import SpecData, load_spec_cpu2017
-from training.domains.cpu.train import cpu_card, fit_spec_suite, score_from_ratios, target_stem
+from training.domains.cpu.evaluate import score_from_ratios
+from training.domains.cpu.train import cpu_card, fit_spec_suite, target_stem
 
 SUITE = "Int_rate"
 BENCH = "500.perlbench_r"
@@ -29,7 +32,7 @@ def small(tmp_path_factory):
     models = fit_spec_suite(train, SUITE, [BENCH])
     fitted = {target_stem(name): pair for name, pair in models.items()}
     subset = SpecData(suites={SUITE: data.suites[SUITE]}, report=data.report, files=data.files)
-    path = publish(tmp_path_factory.mktemp("models"), "cpu", cpu_card(subset, fitted, 0.0), fitted)
+    path = publish(tmp_path_factory.mktemp("models"), "cpu", CPU, cpu_card(subset, fitted, 0.0), fitted)
     return models, test, path
 
 
@@ -68,7 +71,7 @@ def test_unseen_vendor_predicts_with_an_ood_flag(small):
             "compiler": "C/C++: Version 3.0.0 of HygonCC",
         }
     ]
-    features, seen, reasons = cpu.request_features(request, model.card["profile"])
+    features, seen, reasons = cpu_profile.request_features(request, model.card["profile"])
     assert any("vendor 'Hygon'" in r for r in reasons[0])
     assert any("compiler_family 'HygonCC'" in r for r in reasons[0])
     assert not seen[0]

@@ -15,15 +15,17 @@ from service.core.settings import Settings
 from training.core.datasets import DatasetError, fetch, get_spec, is_available
 from training.core.report import LoadReport
 from training.domains.gemm.aiconfigurator import (
-    DATASET,
-    DEVICE_ALIASES,
     MAX_DEFAULT_ROWS,
-    Campaign,
     DefaultSet,
     default_training_set,
     load_aiconfigurator,
-    load_aiconfigurator_campaigns,
     water_fill,
+)
+from training.domains.gemm.aiconfigurator_campaigns import (
+    DATASET,
+    DEVICE_ALIASES,
+    Campaign,
+    load_aiconfigurator_campaigns,
 )
 from training.domains.gemm.data import LOADERS
 

@@ -12,8 +12,10 @@ import pytest
 
 from service.core.model import TabularModel
 from service.core.settings import Settings
+from service.domains.gemm import DOMAIN as GEMM
 from service.domains.gemm import features
-from training.core.models import CALIBRATION_ROWS, CostRegressor
+from training.core.corrections import CALIBRATION_ROWS
+from training.core.models import CostRegressor
 from training.domains.gemm.train import GemmFit
 
 NEW_GPU = "NVIDIA L40S"
@@ -71,7 +73,7 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Calibr
     train = pd.concat([sample.loc[sample["device"] != NEW_GPU], held.loc[shots]], ignore_index=True)
     test = held.drop(shots).reset_index(drop=True)
     fit = fit_gemm(train, data.devices)
-    path = publish(root / "models", "gemm", gemm_card(train, data.devices, [], 0.0), fit.models)
+    path = publish(root / "models", "gemm", GEMM, gemm_card(train, data.devices, [], 0.0), fit.models)
     model = TabularModel(path, features.FEATURE_VERSION, features.FEATURE_COLUMNS, features.with_k).load()
     return Calibrated(fit, model, test, features.build_features(test, data.devices))
 

@@ -22,8 +22,9 @@ from service.domains.gemm.features import (
 )
 from training.core.datasets import DatasetError, fetch, get_spec
 from training.core.report import LoadReport
-from training.domains.gemm.data import COLUMNS, load_gemm, load_neusight
+from training.domains.gemm.data import COLUMNS, load_gemm
 from training.domains.gemm.deepbench import load_deepbench
+from training.domains.gemm.public import load_neusight
 
 
 @pytest.fixture(scope="module")

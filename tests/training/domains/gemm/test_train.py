@@ -13,12 +13,15 @@ import pandas as pd
 import pytest
 
 from service.core.devices import DeviceCatalog
-from service.core.model import TabularModel, halfwidth, list_versions
+from service.core.model import TabularModel, list_versions
 from service.core.settings import Settings
+from service.core.targets import halfwidth
+from service.domains.gemm import DOMAIN as GEMM
 from service.domains.gemm import features
 from service.domains.gemm import runtime as gemm
 from service.domains.gemm.schemas import GemmInstance
-from training.core.models import CostRegressor, make_candidate
+from training.core.candidates import make_candidate
+from training.core.models import CostRegressor
 from training.core.publish import publish
 from training.core.split_regressor import SplitRegressor
 from training.domains.gemm.data import load_gemm
@@ -47,7 +50,7 @@ def test_train_save_load_predict_round_trip_agrees(settings: Settings) -> None:
         "feature_version": features.FEATURE_VERSION,
         "feature_columns": list(features.FEATURE_COLUMNS),
     }
-    path = publish(settings.model_dir, "gemm", card, fit.models)
+    path = publish(settings.model_dir, "gemm", GEMM, card, fit.models)
     loaded = TabularModel(path, features.FEATURE_VERSION, features.FEATURE_COLUMNS, features.with_k).load()
     X = features.build_features(data.frame, data.devices)
     for target, (model, _) in fit.models.items():
@@ -72,7 +75,7 @@ def test_served_model_adds_the_baseline_it_was_fit_relative_to(settings: Setting
     y = X["log_baseline_ms"].to_numpy() + 0.05 * X["log_m"].to_numpy()
     model = CostRegressor(candidates=("lightgbm",), n_splits=3, baseline="log_baseline_ms").fit(X, y)
     card = {"feature_version": features.FEATURE_VERSION, "feature_columns": list(features.FEATURE_COLUMNS)}
-    path = publish(settings.model_dir, "gemm", card, {"runtime_ms": (model, {})})
+    path = publish(settings.model_dir, "gemm", GEMM, card, {"runtime_ms": (model, {})})
     loaded = TabularModel(path, features.FEATURE_VERSION, features.FEATURE_COLUMNS, features.with_k).load()
     published = json.loads((path / "card.json").read_text())["targets"]["runtime_ms"]
     assert published["baseline"] == "log_baseline_ms"
@@ -95,7 +98,7 @@ def test_onnx_export_agrees_with_lightgbm_on_rows_with_missing_fields(
     X = table.loc[:, booster.feature_name()].to_numpy(dtype=float)
     assert np.isnan(X).any(axis=0).sum() >= 10
     served = model.targets["runtime_ms"].predictor.predict(X)
-    # LightGBM was fit on the float32 features its export compares (see training.core.models._tree_input);
+    # LightGBM was fit on the float32 features its export compares (see training.core.candidates.tree_input);
     # the export sums leaves in float32 (a moved branch would differ by far more than this tolerance).
     np.testing.assert_allclose(served.ravel(), booster.predict(X.astype(np.float32)), rtol=1e-5, atol=1e-5)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.domains.mlir.train import summarize_mlir
+from training.domains.mlir.evaluate import summarize_mlir
 
 
 def _predictions(n: int) -> pd.DataFrame:

@@ -1,12 +1,12 @@
 """Model candidates, selection by cross-validation, conformal calibration, and publishing.
 
 :class:`CostRegressor` follows scikit-learn's contract: ``__init__`` stores arguments, ``fit`` returns
-``self``, learned state ends in ``_``; it is fit on named DataFrame columns. It picks the better of a
-LightGBM and a random-forest candidate by K-fold CV on its training data only, keeps the out-of-fold
-residuals as split-conformal calibration ("seen" devices; on data too large for full CV, the residuals
-on held-out rows of a model fit without them instead), and, when the rows span three or more devices,
-also runs leave-one-device-out CV for the chosen candidate, to calibrate devices it never saw
-("unseen"). Folds and the final fits run in parallel processes (``n_jobs``).
+``self``, learned state ends in ``_``; its options name columns of X (an array's are x0, x1, ...: see
+:func:`validated_frame`). It picks the better of a LightGBM and a random-forest candidate by K-fold CV on
+its training data only, keeps the out-of-fold residuals as split-conformal calibration ("seen" devices; on
+data too large for full CV, the residuals on held-out rows of a model fit without them instead), and, when
+the rows span three or more devices, also runs leave-one-device-out CV for the chosen candidate, to
+calibrate devices it never saw ("unseen"). Folds and the final fits run in parallel processes (``n_jobs``).
 Columns named in ``increasing`` are monotone constraints: the prediction never decreases as one of them
 grows. A column named as ``baseline`` holds a log-scale baseline (e.g. a roofline time): each candidate is
 also cross-validated learning the target minus it (predictions add it back), and CV decides which is used,
@@ -31,6 +31,8 @@ import pandas as pd
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.model_selection import GroupKFold, KFold
+from sklearn.utils import Tags
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from service.core.targets import calibration_grid, forest_predict, halfwidth, served_log
 from training.core.candidates import (
@@ -65,6 +67,29 @@ def _column(X: pd.DataFrame, name: str | None) -> np.ndarray | None:
 
 def _or_zero(values: np.ndarray | None) -> np.ndarray | float:
     return 0.0 if values is None else values
+
+
+def fitted_columns(estimator: BaseEstimator) -> list[str]:
+    """The names of the columns ``estimator`` was fit on: its DataFrame's, or ``x0``, ``x1``, ... for an
+    array without names (so that options naming columns, ``baseline="x2"`` say, work on arrays too)."""
+    names = getattr(estimator, "feature_names_in_", None)
+    return list(names) if names is not None else [f"x{i}" for i in range(estimator.n_features_in_)]
+
+
+def validated_frame(
+    estimator: BaseEstimator, X: Any, y: Any = "no_validation", reset: bool = True, **check: Any
+) -> tuple[pd.DataFrame, Any]:
+    """``X`` (and ``y``) through scikit-learn's :func:`validate_data` (which records ``n_features_in_`` and
+    ``feature_names_in_`` on ``reset``, and checks them otherwise), with ``X`` as a DataFrame of
+    :func:`fitted_columns`. A DataFrame that has them goes on as it is, so that what is fit and predicted on
+    the project's tables stays exactly what it was; other array-likes are wrapped. ``y`` comes back checked
+    (None where it was left out: predict)."""
+    checked = validate_data(estimator, X, y, reset=reset, **check)
+    array, y = (checked, None) if isinstance(y, str) else checked
+    columns = fitted_columns(estimator)
+    if isinstance(X, pd.DataFrame) and list(X.columns) == columns:
+        return X, y
+    return pd.DataFrame(array, columns=columns), y
 
 
 class CostRegressor(RegressorMixin, BaseEstimator):
@@ -102,7 +127,15 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None = None) -> CostRegressor:
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        # NaN is a feature value, not an error: trees send it down a branch of their own (GEMM features are
+        # NaN where a figure does not apply to a device). Infinity is refused.
+        tags.input_tags.allow_nan = True
+        return tags
+
+    def fit(self, X: Any, y: Any, groups: np.ndarray | None = None) -> CostRegressor:
+        X, y = validated_frame(self, X, y, y_numeric=True, ensure_all_finite="allow-nan")
         y = np.asarray(y, dtype=float)
         monotone = self._checked_monotone(X, len(y))
         n = len(y)
@@ -115,8 +148,6 @@ class CostRegressor(RegressorMixin, BaseEstimator):
                 np.random.default_rng(self.random_state).choice(n, self.max_cv_rows, replace=False)
             )
         regimes = self._folds(X.iloc[cv_idx], y[cv_idx], groups[cv_idx] if groups is not None else None, n)
-        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
-        self.n_features_in_ = X.shape[1]
         oofs = self._select(X, y, cv_idx, regimes, monotone)
         if "calibrated" in self.regimes and self.correct_on is not None and "unseen" in oofs:
             oofs["calibrated"] = calibrated_residuals(
@@ -177,7 +208,7 @@ class CostRegressor(RegressorMixin, BaseEstimator):
             if column is not None and column not in X.columns:
                 raise ValueError(f"{role} names a column X does not have: {column!r}")
         if n < 10:
-            raise ValueError(f"need at least 10 rows to fit, got {n}")
+            raise ValueError(f"need at least 10 rows to fit, got {n} sample(s)")
         columns = self.inputs or tuple(X.columns)
         return [1 if c in self.increasing else 0 for c in columns] if self.increasing else None
 
@@ -270,7 +301,7 @@ class CostRegressor(RegressorMixin, BaseEstimator):
 
     def _tree_input(self, X: pd.DataFrame) -> pd.DataFrame:
         """The columns the trees see (``inputs``, default every column of the fit), as :func:`tree_input`."""
-        return tree_input(X.loc[:, list(self.inputs or self.feature_names_in_)])
+        return tree_input(X.loc[:, list(self.inputs or fitted_columns(self))])
 
     def _select_regimes(self) -> tuple[str, ...]:
         return (self.select_by,) if isinstance(self.select_by, str) else tuple(self.select_by)
@@ -323,10 +354,10 @@ class CostRegressor(RegressorMixin, BaseEstimator):
         """The floor column's values (a log time no run can beat, e.g. the roofline), if one is set."""
         return _column(X, self.floor)
 
-    def predict(
-        self, X: pd.DataFrame, groups: np.ndarray | None = None, corrected: bool = True
-    ) -> np.ndarray:
+    def predict(self, X: Any, groups: np.ndarray | None = None, corrected: bool = True) -> np.ndarray:
         """Log predictions; rows of a calibrated group (``groups``) with its correction."""
+        check_is_fitted(self)
+        X, _ = validated_frame(self, X, reset=False, ensure_all_finite="allow-nan")
         own = self._predict_with(self.estimator_, X)
         correction = None
         if corrected and groups is not None and self.corrections_ and self.correct_on is not None:

@@ -9,10 +9,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils import Tags
+from sklearn.utils.validation import check_is_fitted
 
 from service.core.targets import calibration_grid, split_cap
 from training.core.candidates import CANDIDATES
-from training.core.models import CostRegressor
+from training.core.models import CostRegressor, validated_frame
 
 
 class SplitRegressor(RegressorMixin, BaseEstimator):
@@ -28,6 +30,9 @@ class SplitRegressor(RegressorMixin, BaseEstimator):
     groups too, so that both can be calibrated for unseen groups; otherwise one CostRegressor fits every
     row. The groups the lower part saw are recorded (``below_groups_``): a row below the split on a group
     it never saw is calibrated as unseen.
+
+    Like its parts it takes a DataFrame or any array-like, whose columns are then ``x0``, ``x1``, ... (see
+    :func:`training.core.models.validated_frame`), and ``column`` and the other options name them.
     """
 
     def __init__(
@@ -75,7 +80,13 @@ class SplitRegressor(RegressorMixin, BaseEstimator):
             floor=self.floor,
         )
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None = None) -> SplitRegressor:
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # as its parts (CostRegressor): trees take NaN features
+        return tags
+
+    def fit(self, X: Any, y: Any, groups: np.ndarray | None = None) -> SplitRegressor:
+        X, y = validated_frame(self, X, y, y_numeric=True, ensure_all_finite="allow-nan")
         y = np.asarray(y, dtype=float)
         below = X[self.column].to_numpy(dtype=float) < self.value
         # Held-out-group calibration needs three groups: a part must have them wherever the whole does.
@@ -135,7 +146,9 @@ class SplitRegressor(RegressorMixin, BaseEstimator):
             return np.zeros(len(X), dtype=bool)
         return X[self.column].to_numpy(dtype=float) < self.value
 
-    def predict(self, X: pd.DataFrame, groups: np.ndarray | None = None) -> np.ndarray:
+    def predict(self, X: Any, groups: np.ndarray | None = None) -> np.ndarray:
+        check_is_fitted(self)
+        X, _ = validated_frame(self, X, reset=False, ensure_all_finite="allow-nan")
         out = self.upper_.predict(X, groups)
         below = self._below(X)
         if below.any() and self.lower_ is not None:

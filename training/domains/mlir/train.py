@@ -22,6 +22,8 @@ import typer
 from rich.console import Console
 from scipy.optimize import least_squares
 from sklearn.base import BaseEstimator
+from sklearn.utils import Tags
+from sklearn.utils.validation import check_consistent_length, column_or_1d
 
 from service.core.settings import Settings
 from service.domains.mlir import DOMAIN as MLIR
@@ -30,7 +32,7 @@ from service.domains.mlir.profile import profile
 from training.collect.mlir.records import PROGRAMS
 from training.core.candidates import CANDIDATES
 from training.core.datasets import DatasetError
-from training.core.models import CostRegressor
+from training.core.models import CostRegressor, validated_frame
 from training.core.publish import publish
 from training.domains.mlir.data import DEFAULT_DIR, load_mlir, measured
 
@@ -47,6 +49,8 @@ TARGET_OFFSETS: dict[str, float] = {
 # 16 architectural ones). Predictions and intervals never exceed the count of the CPU the data came from.
 VECTOR_REGISTERS = (("avx512f", 32), ("avx", 16), ("sse2", 16))
 MIN_ROWS = 30
+# The columns of a summary table that RuntimeBaseline.log_ms reads: log FLOPs, log bytes, ops that do work.
+BASELINE_INPUTS = ("log_flops", "log_bytes", "work_ops")
 
 
 def log_target(frame: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
@@ -61,27 +65,57 @@ class BaselineFit(BaseEstimator):
     """Fits :class:`service.domains.mlir.features.RuntimeBaseline`'s four figures to measured runtimes: least
     squares on the log scale with a soft-L1 loss, so that programs far off a single roofline do not drag
     the figures (over 1 MB of data, reductions and pooling move a median 6-8 GB/s here, elementwise
-    chains 54 GB/s)."""
+    chains 54 GB/s).
+
+    ``columns`` name the columns of ``X`` that hold :data:`BASELINE_INPUTS` (an array's are ``x0``, ``x1``,
+    ...), and ``min_rows`` is how many positive runtimes a fit needs: both have the summary table's values
+    by default, and other values let scikit-learn's estimator checks fit it on their own small arrays."""
 
     def __init__(
         self,
         initial: tuple[float, float, float, float] = (1e-3, 2e-2, 1e7, 1e6),
         lower: tuple[float, float, float, float] = (1e-9, 1e-9, 1.0, 1.0),
         upper: tuple[float, float, float, float] = (1e4, 1e4, 1e15, 1e15),
+        columns: tuple[str, str, str] = BASELINE_INPUTS,
+        min_rows: int = MIN_ROWS,
     ) -> None:
         self.initial = initial
         self.lower = lower
         self.upper = upper
+        self.columns = columns
+        self.min_rows = min_rows
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray) -> BaselineFit:
-        """``X``: a table of :data:`service.domains.mlir.features.SUMMARY_COLUMNS`; ``y``: runtimes in ms."""
-        y = np.asarray(y, dtype=float)
-        usable = np.isfinite(y) & (y > 0)
-        if usable.sum() < MIN_ROWS:
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        # It fits runtimes, which are positive (rows with none, or none above 0, are left out).
+        tags.target_tags.required = True
+        tags.target_tags.positive_only = True
+        return tags
+
+    def fit(self, X: Any, y: Any) -> BaselineFit:
+        """``X``: a table of :data:`service.domains.mlir.features.SUMMARY_COLUMNS` (any table or array
+        holding ``columns``); ``y``: runtimes in ms."""
+        # Rows without a positive runtime (NaN, 0) are left out below, not refused: y is checked apart from X,
+        # for its shape and type only.
+        X, y = validated_frame(
+            self, X, y, validate_separately=({}, {"ensure_2d": False, "ensure_all_finite": False})
+        )
+        y = column_or_1d(y, dtype=float, warn=True)
+        check_consistent_length(X, y)
+        missing = sorted(set(self.columns) - set(X.columns))
+        if missing:
             raise ValueError(
-                f"runtime baseline: {usable.sum()} programs with a runtime, at least {MIN_ROWS} needed"
+                f"columns names columns X does not have: {missing} (X has {X.shape[1]} feature(s))"
             )
-        rows, log_y = X.loc[usable], np.log(y[usable])
+        usable = np.isfinite(y) & (y > 0)
+        if usable.sum() < self.min_rows:
+            raise ValueError(
+                f"runtime baseline: {usable.sum()} programs with a runtime (of {len(y)} sample(s)), at least "
+                f"{self.min_rows} needed"
+            )
+        # The three columns, under the names RuntimeBaseline reads (the same values: the same fit).
+        rows = X.loc[usable, list(self.columns)].set_axis(list(BASELINE_INPUTS), axis=1)
+        log_y = np.log(y[usable])
 
         def residual(theta: np.ndarray) -> np.ndarray:
             return mlir_features.RuntimeBaseline(*np.exp(theta)).log_ms(rows) - log_y

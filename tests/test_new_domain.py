@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from tests.training.domains.toy import TRAINING
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     settings = Settings(model_dir=tmp_path_factory.mktemp("models"), train_missing=False)
     TRAINING.first_start(settings)
     domains = DOMAINS.with_domain(toy.DOMAIN)  # the one registration line
@@ -76,3 +78,10 @@ def test_the_card_writer_refuses_a_card_the_domain_would_refuse(tmp_path: Path) 
     with pytest.raises(ValueError, match="largest_n"):
         publish(tmp_path, "toy", toy.DOMAIN, {}, {"runtime_ms": (model, {"devices": [toy.DEVICE]})})
     assert not list((tmp_path / "toy").iterdir())
+
+
+def test_a_domain_whose_request_lacks_instances_is_refused_when_built() -> None:
+    """The routes read ``instances`` and ``coverage`` of every request: a domain without them fails when
+    it is built, naming what is missing, not at its first request."""
+    with pytest.raises(TypeError, match=r"'toy'.*ToyInstance lacks \['instances', 'coverage'\]"):
+        dataclasses.replace(toy.DOMAIN, request=toy.ToyInstance)

@@ -24,7 +24,7 @@ def router(domain: Domain) -> APIRouter:
     async def predict(http_request: Request) -> JSONResponse:
         serving = serving_of(http_request)
         request = await read_json_body(http_request, domain.request)
-        check_batch(len(request.instances), serving.settings)  # type: ignore[attr-defined]
+        check_batch(len(request.instances), serving.settings)  # type: ignore[attr-defined]  # Domain checks it has them
         try:
             model = dispatch.model_for(domain, request, serving)
             rows = await dispatch.predict(domain, request, model, serving)

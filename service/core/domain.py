@@ -8,9 +8,9 @@ read every domain from there, so a new predictor is a new package plus one regis
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import APIRouter
@@ -33,16 +33,6 @@ class RequestError(ValueError):
         super().__init__(reason)
         self.field = field
         self.status = status
-
-
-class PredictRequest(Protocol):
-    """What every domain's request schema has: the instances and the coverage of their intervals."""
-
-    @property
-    def instances(self) -> Sequence[Any]: ...
-
-    @property
-    def coverage(self) -> float: ...
 
 
 # Response rows for instances of one request (they share its other fields).
@@ -71,7 +61,6 @@ class Domain:
     """One domain. Its schemas define both dialects' inputs and outputs; its functions do the rest."""
 
     name: str
-    description: str
     # The features its models are fit on: a fitted version with another version or columns is refused.
     feature_version: str
     columns: tuple[str, ...]
@@ -111,6 +100,13 @@ class Domain:
     # Whether first start trains a default model of this domain when none is published.
     default: bool = True
 
+    def __post_init__(self) -> None:
+        # The routes read these two fields of every request: a domain without them fails here, when it is
+        # built, not at its first request.
+        missing = [f for f in ("instances", "coverage") if f not in self.request.model_fields]
+        if missing:
+            raise TypeError(f"domain {self.name!r}: request schema {self.request.__name__} lacks {missing}")
+
     def check_card_fields(self, card: dict[str, Any]) -> None:
         """The card as this domain's type, then the domain's own check: ValueError naming the field."""
         parse_card(card, self.card_type)
@@ -135,9 +131,6 @@ class Domains:
 
     def __iter__(self) -> Iterator[Domain]:
         return iter(self.items)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.by_name
 
     def __getitem__(self, name: str) -> Domain:
         return self.by_name[name]

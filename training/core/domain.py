@@ -21,7 +21,7 @@ from service.core.settings import Settings
 Command = Callable[..., None]
 
 
-def _always(settings: Settings) -> str | None:
+def _trainable(settings: Settings) -> str | None:
     return None
 
 
@@ -59,7 +59,7 @@ class DomainTraining:
     # Trains and publishes the default model first start serves; returns what it was trained on.
     first_start: Callable[[Settings], str]
     # Why the default model cannot be trained here (None: it can), e.g. its data is not cached.
-    why_not: Callable[[Settings], str | None] = _always
+    why_not: Callable[[Settings], str | None] = _trainable
     # Why a served model is out of date with the data on disk (None: it is not).
     stale: Callable[[TabularModel, Settings], str | None] = _never_stale
     # ``perfcost calibrate <name>``, for domains whose models adapt to a user's own measurements.

@@ -124,7 +124,7 @@ def table_scorer(domain: str) -> TableScorer:
     """How the domain scores a table; ScoreError naming the domains that can otherwise."""
     found = {name: t.table for name, t in trainings().items() if t.table is not None}
     if domain not in found:
-        raise ScoreError(f"domain {domain!r} cannot score tables; these can: {', '.join(found)}")
+        raise ScoreError(f"--domain {domain}: this domain cannot score tables; these can: {', '.join(found)}")
     return found[domain]
 
 

@@ -53,7 +53,6 @@ def output_keys(model: TabularModel) -> dict[str, list[str]]:
 
 DOMAIN = Domain(
     name="cpu",
-    description="SPEC CPU2017 benchmark ratios and suite scores of CPU systems",
     feature_version=features.FEATURE_VERSION,
     columns=features.FEATURE_COLUMNS,
     card_type=CpuCard,

@@ -36,7 +36,6 @@ def predict(
 
 DOMAIN = Domain(
     name="gemm",
-    description="runtime, power, energy, utilization and cost of GEMM configurations",
     feature_version=features.FEATURE_VERSION,
     columns=features.FEATURE_COLUMNS,
     card_type=GemmCard,

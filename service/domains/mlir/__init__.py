@@ -45,7 +45,6 @@ def answer(request: MlirPredictRequest, model: TabularModel) -> dict[str, Any]:
 
 DOMAIN = Domain(
     name="mlir",
-    description="runtime, instructions, vector registers, spills and utilization of MLIR programs",
     feature_version=features.FEATURE_VERSION,
     columns=features.FEATURE_COLUMNS,
     card_type=MlirCard,

@@ -26,6 +26,7 @@ from service.core.model import file_sha256
 from service.core.registry import Refusal, newest_usable
 from service.core.settings import Settings
 from service.domains import DOMAINS
+from service.domains.gemm import DOMAIN as GEMM
 from service.domains.gemm.cards import GemmCard
 from training.core.datasets import DatasetError
 from training.core.publish import publish
@@ -137,7 +138,7 @@ def calibrate_gemm_model(
         calibrations=[*kept, this],
         calibrated_from=card.version,
     )
-    path = publish(settings.model_dir, name, DOMAINS["gemm"], new_card, fit.models)
+    path = publish(settings.model_dir, name, GEMM, new_card, fit.models)
     return path.name, len(rows)
 
 

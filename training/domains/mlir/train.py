@@ -104,9 +104,7 @@ class BaselineFit(BaseEstimator):
         check_consistent_length(X, y)
         missing = sorted(set(self.columns) - set(X.columns))
         if missing:
-            raise ValueError(
-                f"columns names columns X does not have: {missing} (X has {X.shape[1]} feature(s))"
-            )
+            raise ValueError(f"columns: X has no column(s) {missing} (X has {X.shape[1]} feature(s))")
         usable = np.isfinite(y) & (y > 0)
         if usable.sum() < self.min_rows:
             raise ValueError(

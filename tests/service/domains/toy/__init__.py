@@ -73,7 +73,6 @@ def predict(
 
 DOMAIN = Domain(
     name="toy",
-    description="the time of a counting loop",
     feature_version=FEATURE_VERSION,
     columns=COLUMNS,
     card_type=ToyCard,
